@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs outside the Python virtualenv, or says how to get it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fail() { echo "make test: $*" >&2; exit 1; }
+
+apt_install() {
+    if [ "$(id -u)" != 0 ]; then
+        fail "missing $1; install it with: sudo apt-get install $2"
+    fi
+    echo "installing $2 (Debian packages) ..."
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q $2 >/dev/null 2>&1; then
+        apt-get update -q >/dev/null 2>&1 || true
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q $2 >/dev/null \
+            || fail "could not install $2 with apt-get"
+    fi
+}
+
+command -v ip >/dev/null || apt_install "ip (iproute2)" iproute2
+[ -x /usr/bin/chromium ] || apt_install "/usr/bin/chromium" chromium
+command -v node >/dev/null || fail "node (Node.js 20+) is needed for the test identity provider: apt-get install nodejs npm"
+command -v npm >/dev/null || fail "npm is needed for the test identity provider: apt-get install npm"
+
+if [ -f tests/idp/package-lock.json ]; then
+    if [ ! -d tests/idp/node_modules ] || [ tests/idp/package-lock.json -nt tests/idp/node_modules ]; then
+        echo "installing the test identity provider (npm ci in tests/idp) ..."
+        (cd tests/idp && npm ci --no-audit --no-fund --loglevel=error) \
+            || fail "npm ci in tests/idp failed; the npm registry must be reachable"
+        touch tests/idp/node_modules
+    fi
+fi
