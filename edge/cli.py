@@ -1,0 +1,283 @@
+"""``tunnelgate-edge``: set up, check, migrate and run an edge.
+
+Exit codes: 0 success, 1 a runtime failure (store cannot be opened, files cannot be written),
+2 a usage or config error (the message starts with the key path), 130 interrupted.
+
+Secrets never travel on the command line: ``init`` mints the admin token itself, writes it to
+``admin.token`` with mode 0600 and shows it once; everything else reads files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import click
+import trio
+
+from edge.config import (
+    DEFAULT_LISTEN,
+    ConfigError,
+    EdgeConfig,
+    load_edge_config,
+    parse_listen_address,
+)
+from edge.store import InvalidInput, StoreError, normalize_hostname
+from edge.store.sqlite import SqliteStore
+
+__all__ = ["CONFIG_TEMPLATE", "main"]
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILENAME = "edge.toml"
+TOKEN_FILENAME = "admin.token"
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130
+
+CONFIG_TEMPLATE = """\
+# tunnelgate edge configuration. Check it with: tunnelgate-edge check-config edge.toml
+# Relative paths are resolved against the folder that holds this file.
+# Durations are written like "250ms", "30s", "5m", "1h" (or sums such as "1m30s").
+
+[edge]
+id = "edge-1"                # name of this edge in logs and connection records
+state_dir = "."              # where the SQLite store (tunnelgate.db) lives
+
+[listen]
+# Each listener is "HOST:PORT" ("[::1]:PORT" for IPv6); "" disables it (not the tunnel).
+# Bind "0.0.0.0" only on purpose: it exposes the listener on every interface.
+public = "{public}"          # plain HTTP for visitors
+public_tls = ""              # HTTPS for visitors; needs at least one [[tls.certificate]]
+tunnel = "{tunnel}"          # connectors dial in here (WebSocket)
+admin = "{admin}"            # admin API; keep it on loopback or a private network
+ops = "{ops}"                # /healthz and /ready for load balancers and systemd
+
+[tunnel]
+public_url = ""              # URL connectors dial, written into credentials and run tokens;
+                             # "" = ws://<tunnel listener>; behind TLS use "wss://host:port"
+heartbeat_interval = "5s"    # how often each side pings an idle tunnel connection
+heartbeat_timeout = "15s"    # silence after which a tunnel connection counts as dead
+
+[http]
+max_header_bytes = 32768     # request line plus headers; larger heads get 431
+max_headers = 100            # header fields per request; more get 431
+header_timeout = "10s"       # time to deliver a request head once it starts (slowloris guard)
+idle_timeout = "60s"         # how long a kept-alive connection may wait for its next request
+max_body_bytes = 0           # request body cap in bytes (413 above it); 0 = unlimited
+trusted_proxies = []         # CIDRs whose X-Forwarded-* headers are believed, e.g. ["10.0.0.0/8"]
+
+[store]
+url = ""                     # "" = SQLite in edge.state_dir; "sqlite:PATH" = SQLite at PATH
+
+# HTTPS certificates; the edge picks one by the name the client asks for (SNI).
+# [[tls.certificate]]
+# cert_file = "certs/example.com.pem"    # PEM chain, leaf first
+# key_file = "certs/example.com.key"     # PEM private key
+
+[access]
+auth_domain = "{auth_domain}"  # host that holds the login session, e.g. "auth.example.com"
+"""
+
+
+@click.group()
+@click.version_option(package_name="tunnelgate", prog_name="tunnelgate-edge")
+def main() -> None:
+    """Run and manage a tunnelgate edge."""
+
+
+def _fail(message: str, code: int, *, hint: str = "") -> NoReturn:
+    click.echo(message, err=True)
+    if hint:
+        click.echo(f"hint: {hint}", err=True)
+    sys.exit(code)
+
+
+def _load_config(path: Path) -> EdgeConfig:
+    try:
+        return load_edge_config(path)
+    except ConfigError as exc:
+        _fail(f"{path}: {exc}", EXIT_CONFIG, hint=exc.hint)
+
+
+def _listen_option(value: str, name: str) -> str:
+    try:
+        return str(parse_listen_address(value, key_path=f"listen.{name}"))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _write_private_file(path: Path, text: str) -> None:
+    """Write a secret so that it is never readable by others, not even for a moment."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+@main.command()
+@click.option(
+    "--dir",
+    "directory",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for edge.toml, the store and admin.token (created if missing).",
+)
+@click.option("--public-listen", default=DEFAULT_LISTEN["public"], show_default=True)
+@click.option("--tunnel-listen", default=DEFAULT_LISTEN["tunnel"], show_default=True)
+@click.option("--admin-listen", default=DEFAULT_LISTEN["admin"], show_default=True)
+@click.option("--ops-listen", default=DEFAULT_LISTEN["ops"], show_default=True)
+@click.option("--auth-domain", default="", help="Host of the login session, e.g. auth.example.com.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Overwrite an existing edge.toml; the store and earlier admin tokens are kept.",
+)
+def init(
+    directory: Path,
+    public_listen: str,
+    tunnel_listen: str,
+    admin_listen: str,
+    ops_listen: str,
+    auth_domain: str,
+    force: bool,
+) -> None:
+    """Write a commented edge.toml, create the store and mint an admin token."""
+    values = {
+        "public": _listen_option(public_listen, "public"),
+        "tunnel": _listen_option(tunnel_listen, "tunnel"),
+        "admin": _listen_option(admin_listen, "admin"),
+        "ops": _listen_option(ops_listen, "ops"),
+        "auth_domain": "",
+    }
+    if auth_domain:
+        try:
+            values["auth_domain"] = normalize_hostname(auth_domain, allow_wildcard=False)
+        except InvalidInput as exc:
+            raise click.BadParameter(str(exc), param_hint="--auth-domain") from None
+    config_path = directory / CONFIG_FILENAME
+    if config_path.exists() and not force:
+        _fail(f"{config_path} already exists; pass --force to overwrite it", EXIT_FAILURE)
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        partial_path = config_path.with_name(CONFIG_FILENAME + ".partial")
+        partial_path.write_text(CONFIG_TEMPLATE.format(**values), encoding="utf-8")
+        partial_path.replace(config_path)
+    except OSError as exc:
+        _fail(f"cannot write {config_path}: {exc.strerror or exc}", EXIT_FAILURE)
+    config = _load_config(config_path)
+    token_path = directory / TOKEN_FILENAME
+    try:
+        with SqliteStore(config.store_path()) as store:
+            token = store.add_admin_token()
+        _write_private_file(token_path, token + "\n")
+    except StoreError as exc:
+        _fail(str(exc), EXIT_FAILURE, hint=exc.hint)
+    except OSError as exc:
+        _fail(f"cannot write {token_path}: {exc.strerror or exc}", EXIT_FAILURE)
+    click.echo(f"Wrote {config_path}")
+    click.echo(f"Store ready at {config.store_path()}")
+    click.echo(f"Admin token (saved to {token_path}, mode 0600; it is not shown again):")
+    click.echo("")
+    click.echo(f"    {token}")
+    click.echo("")
+    click.echo("Next steps:")
+    click.echo(f"  1. Review {config_path}; every key is explained there.")
+    click.echo(f"  2. tunnelgate-edge check-config {config_path}")
+    click.echo(f"  3. tunnelgate-edge serve --config {config_path}")
+    admin_url = f"http://{values['admin']}"
+    if values["admin"].endswith(":0"):
+        admin_url = "http://<admin address from the edge log>"
+    click.echo(
+        f'  4. Create a tunnel: curl -H "Authorization: Bearer $(cat {token_path})" '
+        f'-d \'{{"name": "home"}}\' {admin_url}/v1/tunnels'
+    )
+
+
+@main.command("check-config")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def check_config(file: Path) -> None:
+    """Validate a config file; exit 2 with the offending key path if it is wrong."""
+    _load_config(file)
+    click.echo(f"{file}: ok")
+
+
+class _JsonLogFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _configure_logging(level: str, log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(_JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+@main.command()
+@click.option(
+    "--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="info",
+    show_default=True,
+)
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+def serve(config_path: Path, log_level: str, log_format: str) -> None:
+    """Run the edge until interrupted."""
+    config = _load_config(config_path)
+    _configure_logging(log_level, log_format)
+    from edge import server
+
+    try:
+        trio.run(server.serve_edge, config)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+    except StoreError as exc:
+        _fail(f"store: {exc}", EXIT_FAILURE, hint=exc.hint)
+    except OSError as exc:
+        _fail(f"cannot serve: {exc}", EXIT_FAILURE)
+
+
+@main.command()
+@click.option(
+    "--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path)
+)
+def migrate(config_path: Path) -> None:
+    """Apply pending store migrations."""
+    config = _load_config(config_path)
+    try:
+        with SqliteStore(config.store_path(), apply_migrations=False) as store:
+            applied = store.migrate()
+            version = store.schema_version()
+    except StoreError as exc:
+        _fail(f"store: {exc}", EXIT_FAILURE, hint=exc.hint)
+    if applied:
+        listed = ", ".join(str(number) for number in applied)
+        click.echo(f"{config.store_path()}: applied migrations {listed}; schema version {version}")
+    else:
+        click.echo(f"{config.store_path()}: up to date (schema version {version})")
