@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -253,8 +254,22 @@ def serve(config_path: Path, log_level: str, log_format: str) -> None:
     _configure_logging(log_level, log_format)
     from edge import server
 
+    async def serve_until_signalled() -> None:
+        # stdout carries one machine-readable line when every listener is bound (scripts and
+        # tests wait on it); logs go to stderr.
+        async with trio.open_nursery() as nursery:
+            runtime = await nursery.start(server.serve_edge, config)
+            click.echo(json.dumps({"event": "ready", "edge_id": config.edge.id,
+                                   "listeners": runtime.listeners}))
+            sys.stdout.flush()
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _signum in signals:
+                    runtime.shutdown()
+                    break
+            nursery.cancel_scope.cancel()
+
     try:
-        trio.run(server.serve_edge, config)
+        trio.run(serve_until_signalled)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
     except StoreError as exc:

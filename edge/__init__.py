@@ -1,0 +1,1 @@
+"""The tunnelgate edge: public listeners, access control, and the tunnel endpoint."""
