@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
@@ -468,13 +469,20 @@ def run(ctx: click.Context, name: str | None, credentials_file: Path | None,
         metrics=metrics, grace_period=grace_period)
     import trio
 
-    from connector.supervisor import run_connector
+    from connector.supervisor import ConnectorState, run_connector
 
     configure_logging(settings.log_level, settings.log_format)
     log.info("starting tunnel %s (%s) connector=%s connections=%d edges=%s",
              settings.credentials.tunnel_name, settings.credentials.tunnel_id,
              settings.connector_id, settings.ha_connections, ",".join(settings.edges))
-    ctx.exit(trio.run(run_connector, settings))
+    def announce_ready(state: ConnectorState) -> None:
+        # One machine-readable line on stdout once the first connection is registered;
+        # scripts and tests wait on it. Logs go to stderr.
+        click.echo(json.dumps({"event": "ready", "tunnel_id": settings.credentials.tunnel_id,
+                               "connector_id": settings.connector_id}))
+        sys.stdout.flush()
+
+    ctx.exit(trio.run(partial(run_connector, settings, on_ready=announce_ready)))
 
 
 @tunnel.group(cls=CliGroup)

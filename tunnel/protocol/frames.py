@@ -1,0 +1,250 @@
+"""Frame layout and payload codecs.
+
+A frame is a 10-byte header ``>IBBI`` (payload length, type, flags, stream id)
+followed by the payload. Only heads and the connection-level control frames carry
+JSON; DATA, WINDOW_UPDATE, RESET and PING are fixed binary layouts so the hot path
+never touches a JSON codec.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from .errors import ErrorCode, LocalProtocolError, ProtocolError
+from .events import RegisterInfo
+from .limits import Limits
+
+HEADER = struct.Struct(">IBBI")
+HEADER_SIZE = HEADER.size
+U32 = struct.Struct(">I")
+GOAWAY_PREFIX = struct.Struct(">II")
+HELLO_PREFIX = struct.Struct(">3sH")
+MAGIC = b"TGT"
+PROTOCOL_VERSION = 1
+PING_PAYLOAD_SIZE = 8
+MAX_U32 = (1 << 32) - 1
+
+FLAG_END_STREAM = 0x1
+FLAG_ACK = 0x1
+
+
+class FrameType(IntEnum):
+    HELLO = 0x01
+    REGISTER = 0x02
+    REGISTERED = 0x03
+    REFUSED = 0x04
+    HEAD = 0x05
+    DATA = 0x06
+    WINDOW_UPDATE = 0x07
+    RESET = 0x08
+    PING = 0x09
+    GOAWAY = 0x0A
+
+
+CONNECTION_FRAMES = frozenset(
+    {
+        FrameType.HELLO,
+        FrameType.REGISTER,
+        FrameType.REGISTERED,
+        FrameType.REFUSED,
+        FrameType.PING,
+        FrameType.GOAWAY,
+    }
+)
+_KNOWN_TYPES = frozenset(int(t) for t in FrameType)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    type: FrameType
+    flags: int
+    stream_id: int
+    payload: bytes
+
+    def encode(self) -> bytes:
+        return HEADER.pack(len(self.payload), self.type, self.flags, self.stream_id) + self.payload
+
+
+class FrameReader:
+    """Incremental frame parser that refuses oversized frames from their header alone.
+
+    The buffer never holds more than one incomplete frame (at most the header plus
+    ``max_frame_size`` bytes), whatever the peer announces.
+    """
+
+    __slots__ = ("_buffer", "_max_frame_size", "_max_header_block")
+
+    def __init__(self, max_frame_size: int, max_header_block: int) -> None:
+        self._buffer = bytearray()
+        self._max_frame_size = max_frame_size
+        self._max_header_block = max_header_block
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            source: bytes | bytearray = buffer
+        else:
+            # Common case: the message holds whole frames; parse it without copying it first.
+            source = data if isinstance(data, bytes) else bytes(data)
+        frames: list[Frame] = []
+        position = 0
+        end = len(source)
+        unpack_header = HEADER.unpack_from
+        max_frame_size = self._max_frame_size
+        with memoryview(source) as view:
+            while end - position >= HEADER_SIZE:
+                length, frame_type, flags, stream_id = unpack_header(source, position)
+                if length > max_frame_size:
+                    raise ProtocolError(
+                        ErrorCode.FRAME_TOO_LARGE,
+                        f"frame of {length} bytes exceeds max_frame_size {max_frame_size}",
+                    )
+                if frame_type not in _KNOWN_TYPES:
+                    raise ProtocolError(
+                        ErrorCode.PROTOCOL_ERROR, f"unknown frame type {frame_type:#x}"
+                    )
+                if frame_type == FrameType.HEAD and length > self._max_header_block:
+                    raise ProtocolError(
+                        ErrorCode.HEAD_TOO_LARGE,
+                        f"head of {length} bytes exceeds max_header_block {self._max_header_block}",
+                    )
+                start = position + HEADER_SIZE
+                if end - start < length:
+                    break
+                position = start + length
+                frames.append(
+                    Frame(FrameType(frame_type), flags, stream_id, bytes(view[start:position]))
+                )
+        if source is buffer:
+            del buffer[:position]
+        elif position < end:
+            buffer += source[position:]
+        return frames
+
+
+# -- payload codecs -------------------------------------------------------------------------
+
+
+def encode_json(value: dict[str, Any]) -> bytes:
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError) as error:
+        raise LocalProtocolError(
+            ErrorCode.INTERNAL_ERROR, f"not JSON-serialisable: {error}"
+        ) from None
+
+
+def decode_json_object(payload: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(payload.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"{what} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"{what} is not a JSON object")
+    return value
+
+
+def _field(obj: dict[str, Any], name: str, kind: type, what: str) -> Any:
+    value = obj.get(name)
+    if type(value) is not kind:
+        raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"{what}.{name} must be a {kind.__name__}")
+    return value
+
+
+def encode_hello(limits: Limits, version: int = PROTOCOL_VERSION) -> bytes:
+    return HELLO_PREFIX.pack(MAGIC, version) + encode_json(dict(limits.as_json()))
+
+
+def decode_hello(payload: bytes) -> tuple[int, Limits]:
+    if len(payload) < HELLO_PREFIX.size or payload[:3] != MAGIC:
+        raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "HELLO lacks the protocol magic")
+    _, version = HELLO_PREFIX.unpack_from(payload)
+    settings = decode_json_object(payload[HELLO_PREFIX.size :], "HELLO")
+    values = {name: _field(settings, name, int, "HELLO") for name in Limits().as_json()}
+    try:
+        limits = Limits(**values)
+    except ValueError as error:
+        raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"HELLO: {error}") from None
+    return version, limits
+
+
+def encode_register(info: RegisterInfo) -> bytes:
+    return encode_json(
+        {
+            "tunnel_id": info.tunnel_id,
+            "connector_id": info.connector_id,
+            "conn_index": info.conn_index,
+            "version": info.version,
+            "features": list(info.features),
+        }
+    )
+
+
+def decode_register(payload: bytes) -> RegisterInfo:
+    obj = decode_json_object(payload, "REGISTER")
+    features = _field(obj, "features", list, "REGISTER")
+    if not all(type(feature) is str for feature in features):
+        raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "REGISTER.features must be strings")
+    conn_index = _field(obj, "conn_index", int, "REGISTER")
+    if conn_index < 0:
+        raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "REGISTER.conn_index must be >= 0")
+    return RegisterInfo(
+        tunnel_id=_field(obj, "tunnel_id", str, "REGISTER"),
+        connector_id=_field(obj, "connector_id", str, "REGISTER"),
+        conn_index=conn_index,
+        version=_field(obj, "version", str, "REGISTER"),
+        features=tuple(features),
+    )
+
+
+def encode_registered(connection_id: str, edge_id: str) -> bytes:
+    return encode_json({"connection_id": connection_id, "edge_id": edge_id})
+
+
+def decode_registered(payload: bytes) -> tuple[str, str]:
+    obj = decode_json_object(payload, "REGISTERED")
+    return (
+        _field(obj, "connection_id", str, "REGISTERED"),
+        _field(obj, "edge_id", str, "REGISTERED"),
+    )
+
+
+def encode_refused(code: str, message: str, permanent: bool) -> bytes:
+    return encode_json({"code": code, "message": message, "permanent": permanent})
+
+
+def decode_refused(payload: bytes) -> tuple[str, str, bool]:
+    obj = decode_json_object(payload, "REFUSED")
+    return (
+        _field(obj, "code", str, "REFUSED"),
+        _field(obj, "message", str, "REFUSED"),
+        _field(obj, "permanent", bool, "REFUSED"),
+    )
+
+
+def decode_u32(payload: bytes, what: str) -> int:
+    if len(payload) != U32.size:
+        raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"{what} payload must be 4 bytes")
+    value: int = U32.unpack(payload)[0]
+    return value
+
+
+def encode_goaway(last_stream_id: int, code: ErrorCode, message: str) -> bytes:
+    return GOAWAY_PREFIX.pack(last_stream_id, code) + message.encode("utf-8")
+
+
+def decode_goaway(payload: bytes) -> tuple[int, ErrorCode, str]:
+    if len(payload) < GOAWAY_PREFIX.size:
+        raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "GOAWAY payload shorter than 8 bytes")
+    last_stream_id, code = GOAWAY_PREFIX.unpack_from(payload)
+    message = payload[GOAWAY_PREFIX.size :].decode("utf-8", errors="replace")
+    return last_stream_id, ErrorCode.from_wire(code), message

@@ -1,0 +1,357 @@
+"""``TunnelStream``: one multiplexed stream of a tunnel session as a trio stream.
+
+Reads come from a per-stream buffer filled by the session's reader task; the
+buffer can never exceed this side's window, because the protocol refuses DATA
+beyond the credit it granted. Credit is returned (``consumed``) only as the
+application takes bytes, so a stream nobody reads stops its sender without
+stalling the shared reader or any other stream.
+
+Closing: ``send_eof()`` ends this direction. ``aclose()`` ends this direction too
+(so data already sent is delivered, then EOF), and if the peer's direction is not
+finished it resets the stream with CANCEL so the peer stops sending. To abandon a
+half-written message use ``reset(code)`` (or leave an ``async with`` block with an
+exception), so the peer sees an error rather than a clean, truncated EOF.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import deque
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import trio
+
+from .errors import SessionClosed, StreamReset
+from .protocol import ErrorCode, Head, LocalProtocolError
+
+if TYPE_CHECKING:
+    from .session import TunnelSession
+
+DEFAULT_RECEIVE_SIZE = 256 * 1024
+# Smallest DATA write worth making when the session's outgoing buffer is nearly full.
+MIN_WRITE = 16 * 1024
+
+
+class TunnelStream(trio.abc.HalfCloseableStream):
+    """A bidirectional byte stream inside a tunnel session.
+
+    ``head`` is the request head (on the edge: the one it sent). On the edge,
+    ``receive_head()`` waits for the response head; on the connector,
+    ``send_head()`` sends it. Peer resets raise ``StreamReset(code)`` and a lost
+    session raises its ``SessionClosed``; both are ``trio.BrokenResourceError``.
+    """
+
+    def __init__(
+        self, session: TunnelSession, stream_id: int, head: Head, *, remote_ended: bool = False
+    ) -> None:
+        self._session = session
+        self._conn = session.connection
+        self.stream_id = stream_id
+        self.head = head
+        self.response_head: Head | None = None
+        self._inbound: deque[bytes] = deque()
+        self._inbound_offset = 0
+        self._inbound_size = 0
+        self._remote_ended = remote_ended
+        self._local_ended = False
+        self._closed = False
+        self._reset: StreamReset | None = None
+        self._session_error: SessionClosed | None = None
+        self._receive_lot = trio.lowlevel.ParkingLot()
+        self._send_lot = trio.lowlevel.ParkingLot()
+        self._head_event = trio.Event()
+        self._sending = False
+        self._receiving = False
+
+    def __repr__(self) -> str:
+        return f"<TunnelStream {self.stream_id} of {self._session.label}>"
+
+    @property
+    def session(self) -> TunnelSession:
+        return self._session
+
+    @property
+    def buffered(self) -> int:
+        """Received bytes not yet taken by the application."""
+        return self._inbound_size
+
+    @property
+    def finished(self) -> bool:
+        """Both directions ended, or the stream was reset, closed or lost."""
+        return self._closed or not self._conn.stream_is_open(self.stream_id)
+
+    # -- events from the session -----------------------------------------------------
+
+    def _on_data(self, data: bytes, end_stream: bool) -> None:
+        if self._closed:
+            return
+        if data:
+            self._inbound.append(data)
+            self._inbound_size += len(data)
+        if end_stream:
+            self._remote_ended = True
+        if self._receive_lot:
+            self._receive_lot.unpark_all()
+
+    def _on_credit(self) -> None:
+        if self._send_lot:
+            self._send_lot.unpark_all()
+
+    def _on_head(self, head: Head, end_stream: bool) -> None:
+        self.response_head = head
+        self._head_event.set()
+        if end_stream:
+            self._on_data(b"", True)
+
+    def _on_reset(self, code: ErrorCode, by_peer: bool) -> None:
+        self._reset = StreamReset(code, by_peer=by_peer)
+        self._wake_all()
+
+    def _on_session_closed(self, reason: SessionClosed) -> None:
+        self._session_error = reason
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        if self._receive_lot:
+            self._receive_lot.unpark_all()
+        if self._send_lot:
+            self._send_lot.unpark_all()
+        self._head_event.set()
+        self._session.wake_senders()
+
+    # -- failure checks --------------------------------------------------------------
+
+    def _broken(self) -> trio.BrokenResourceError | None:
+        if self._reset is not None:
+            return StreamReset(self._reset.code, by_peer=self._reset.by_peer)
+        if self._session_error is not None:
+            return self._session_error.clone()
+        return None
+
+    def _check_send(self) -> None:
+        if self._closed or self._local_ended:
+            raise trio.ClosedResourceError("this side of the stream is closed")
+        broken = self._broken()
+        if broken is not None:
+            raise broken
+
+    def _claim_send(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._sending = True
+
+    # -- receiving -------------------------------------------------------------------
+
+    async def receive_head(self) -> Head:
+        """The response head (edge side); raises StreamReset if the stream was reset first."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
+        while True:
+            if self.response_head is not None:
+                break
+            if self._closed:
+                raise trio.ClosedResourceError("the stream is closed")
+            broken = self._broken()
+            if broken is not None:
+                raise broken
+            await self._head_event.wait()
+            waited = True
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return self.response_head
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if max_bytes is None:
+            max_bytes = DEFAULT_RECEIVE_SIZE
+        else:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be at least 1")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this stream")
+        self._receiving = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            while True:
+                if self._closed:
+                    raise trio.ClosedResourceError("the stream is closed")
+                if self._inbound:
+                    data = self._take(max_bytes)
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    return data
+                if self._remote_ended:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    return b""
+                broken = self._broken()
+                if broken is not None:
+                    raise broken
+                await self._receive_lot.park()
+        finally:
+            self._receiving = False
+
+    def _take(self, max_bytes: int) -> bytes:
+        inbound = self._inbound
+        parts: list[bytes] = []
+        need = max_bytes
+        while inbound and need:
+            chunk = inbound[0]
+            start = self._inbound_offset
+            available = len(chunk) - start
+            if available <= need:
+                parts.append(chunk[start:] if start else chunk)
+                inbound.popleft()
+                self._inbound_offset = 0
+                need -= available
+            else:
+                parts.append(chunk[start : start + need])
+                self._inbound_offset = start + need
+                need = 0
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        size = len(data)
+        self._inbound_size -= size
+        conn = self._conn
+        conn.consumed(self.stream_id, size)
+        if conn.outgoing_size:
+            self._session.kick_writer()
+        return data
+
+    # -- sending ---------------------------------------------------------------------
+
+    async def send_head(self, head: Head, end_stream: bool = False) -> None:
+        """Send the response head (connector side)."""
+        self._claim_send()
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._check_send()
+            waited = await self._session.wait_for_room()
+            self._check_send()
+            self._conn.send_head(self.stream_id, head, end_stream)
+            if end_stream:
+                self._local_ended = True
+            self._session.kick_writer()
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            self._sending = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self._claim_send()
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._check_send()
+            waited = False
+            with memoryview(data) as view:
+                if view.ndim != 1 or view.itemsize != 1:
+                    view = view.cast("B")
+                total = len(view)
+                offset = 0
+                session = self._session
+                conn = self._conn
+                stream_id = self.stream_id
+                while offset < total:
+                    self._check_send()
+                    credit = conn.send_credit(stream_id)
+                    if credit == 0:
+                        await self._send_lot.park()
+                        waited = True
+                        continue
+                    room = session.outgoing_room
+                    if room <= 0:
+                        await session.wait_for_room()
+                        waited = True
+                        continue
+                    size = min(credit, total - offset, max(room, MIN_WRITE))
+                    conn.send_data(stream_id, view[offset : offset + size])
+                    offset += size
+                    session.kick_writer()
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        self._claim_send()
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            waited = False
+            while True:
+                if self._closed:
+                    raise trio.ClosedResourceError("the stream is closed")
+                if self._local_ended or self._broken() is not None:
+                    break
+                if self._conn.send_credit(self.stream_id) == 0:
+                    await self._send_lot.park()
+                elif self._session.outgoing_room <= 0:
+                    await self._session.wait_for_room()
+                else:
+                    break
+                waited = True
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            self._sending = False
+
+    async def send_eof(self) -> None:
+        self._claim_send()
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if self._closed:
+                raise trio.ClosedResourceError("the stream is closed")
+            if not self._local_ended:
+                broken = self._broken()
+                if broken is not None:
+                    raise broken
+                self._conn.send_end(self.stream_id)
+                self._local_ended = True
+                self._session.kick_writer()
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            self._sending = False
+
+    # -- closing ---------------------------------------------------------------------
+
+    def reset(self, code: ErrorCode = ErrorCode.CANCEL) -> None:
+        """Abort both directions with ``code`` and close the stream; no-op once closed."""
+        if self._closed:
+            return
+        self._conn.reset_stream(self.stream_id, code)
+        self._close_locally()
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._finish_gracefully()
+            self._close_locally()
+        await trio.lowlevel.checkpoint()
+
+    def _finish_gracefully(self) -> None:
+        conn = self._conn
+        stream_id = self.stream_id
+        if not conn.stream_is_open(stream_id) or self._session_error is not None:
+            return
+        if not self._local_ended and not self._sending:
+            try:
+                conn.send_end(stream_id)
+                self._local_ended = True
+            except LocalProtocolError:
+                pass  # no head sent yet: only a reset can end it
+        if conn.stream_is_open(stream_id):
+            conn.reset_stream(stream_id, ErrorCode.CANCEL)
+
+    def _close_locally(self) -> None:
+        self._closed = True
+        self._inbound.clear()
+        self._inbound_size = 0
+        self._session.kick_writer()
+        self._session.forget_stream(self.stream_id)
+        self._wake_all()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.reset(ErrorCode.CANCEL)
+        await self.aclose()
