@@ -207,6 +207,9 @@ class Supervisor:
                     self._on_ready(self.state)
             await session.wait_closed()
             nursery.cancel_scope.cancel()
+            answer = session.refusal
+            if answer is not None and answer.permanent:
+                raise PermanentRefusal(f"{answer.code}: {answer.message}")
 
 
 async def run_connector(

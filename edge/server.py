@@ -185,10 +185,10 @@ async def _serve(
     async def on_change(event: ChangeEvent) -> None:
         await trio.to_thread.run_sync(state.reload)
         if event.kind == "tunnel_deleted" and event.tunnel_id:
-            # Its credentials are gone from the store, so the connector's reconnect meets a
-            # 401 and stops for good (exit code 3) instead of retrying.
+            # A permanent refusal stops the connector for good (exit code 3); its credentials
+            # are gone from the store too, so a restarted connector meets a 401.
             for conn in registry.connections(event.tunnel_id):
-                await conn.session.aclose()
+                await conn.session.refuse("tunnel_deleted", "the tunnel was deleted", True)
 
     admin = AdminApi(
         store,

@@ -213,12 +213,11 @@ class TunnelSession:
             raise self._closed_error()
         return self._register_info
 
-    async def registered(self, connection_id: str, edge_id: str) -> None:
+    def registered(self, connection_id: str, edge_id: str) -> None:
         """Edge: accept the registration; streams may be opened from now on."""
         self.connection.registered(connection_id, edge_id)
         self.label = f"connection {connection_id}"
         self.kick_writer()
-        await trio.lowlevel.checkpoint()
 
     async def refuse(self, code: str, message: str, permanent: bool) -> None:
         """Edge: refuse the registration, or revoke it later (e.g. ``tunnel_deleted``).

@@ -90,19 +90,11 @@ class HandshakeRequest:
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """An HTTP answer that refuses the upgrade (e.g. 401 for a bad credential).
-
-    ``reason`` is for logs and, when ``body`` is not given, is also the body.
-    """
+    """An HTTP answer that refuses the upgrade (e.g. 401 for a bad credential)."""
 
     status_code: int
-    reason: str = ""
-    body: bytes | None = None
+    body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
-
-    @property
-    def payload(self) -> bytes:
-        return self.body if self.body is not None else self.reason.encode("utf-8")
 
 
 Authorize = Callable[[HandshakeRequest], Rejection | None]
@@ -368,7 +360,7 @@ async def accept_websocket(
     rejection = authorize(handshake)
     try:
         if rejection is not None:
-            body = rejection.payload
+            body = rejection.body
             response = ws.send(
                 RejectConnection(
                     status_code=rejection.status_code,

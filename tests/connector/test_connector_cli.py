@@ -362,12 +362,13 @@ def fake_supervisor(monkeypatch: pytest.MonkeyPatch) -> list[RunSettings]:
     """Stands in for connector.supervisor: records the settings, exits with code 3."""
     seen: list[RunSettings] = []
 
-    async def run_connector(settings: RunSettings) -> int:
+    async def run_connector(settings: RunSettings, **_kwargs: object) -> int:
         seen.append(settings)
         return 3
 
     module = types.ModuleType("connector.supervisor")
     module.run_connector = run_connector  # type: ignore[attr-defined]
+    module.ConnectorState = object  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "connector.supervisor", module)
     monkeypatch.setattr("connector.cli.configure_logging", lambda level, fmt: None)
     return seen

@@ -179,27 +179,6 @@ def restore_logging() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("restore_logging")
-def test_serve_runs_the_server_with_the_loaded_config(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "edge.toml"
-    path.write_text('[edge]\nid = "served"\n')
-    seen: list[EdgeConfig] = []
-
-    async def serve_edge(config: EdgeConfig) -> None:
-        seen.append(config)
-
-    fake_server = types.ModuleType("edge.server")
-    fake_server.serve_edge = serve_edge  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "edge.server", fake_server)
-    import edge
-
-    monkeypatch.setattr(edge, "server", fake_server, raising=False)
-    code, _, err = run("serve", "--config", str(path), "--log-format", "json")
-    assert code == 0, err
-    assert [config.edge.id for config in seen] == ["served"]
-
-
 def test_no_option_takes_a_secret() -> None:
     for command in main.commands.values():
         for param in command.params:

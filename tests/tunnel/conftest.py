@@ -53,7 +53,7 @@ def session_pair(nursery: trio.Nursery) -> PairFactory:
         async def accept() -> None:
             info = await edge.accept_registration()
             assert info == REGISTER_INFO
-            await edge.registered("conn-1", "edge-1")
+            edge.registered("conn-1", "edge-1")
 
         async with trio.open_nursery() as inner:
             inner.start_soon(accept)

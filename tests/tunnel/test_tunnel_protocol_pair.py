@@ -8,6 +8,7 @@ from tunnel_pairs import REGISTER_INFO, deliver, registered_pair
 from tunnel.protocol import (
     DataReceived,
     ErrorCode,
+    Frame,
     FrameReader,
     FrameType,
     GoAwayReceived,
@@ -16,6 +17,7 @@ from tunnel.protocol import (
     LocalProtocolError,
     PingAcked,
     PingReceived,
+    ProtocolError,
     Refused,
     Role,
     StreamAborted,
@@ -244,3 +246,17 @@ def test_response_rules_are_enforced_locally() -> None:
     connector.send_head(stream_id, {"status": 200})
     with pytest.raises(LocalProtocolError):
         connector.send_head(stream_id, {"status": 500})
+
+
+def test_refused_can_revoke_a_registered_connection_once() -> None:
+    edge, connector = registered_pair()
+    edge.refuse("tunnel_deleted", "gone", True)
+    assert deliver(edge, connector) == [Refused("tunnel_deleted", "gone", True)]
+    with pytest.raises(LocalProtocolError):
+        edge.refuse("tunnel_deleted", "again", True)
+    with pytest.raises(LocalProtocolError):
+        edge.open_stream({"kind": "http"})
+    # A second REFUSED from a broken edge is a protocol error at the connector.
+    second = Frame(FrameType.REFUSED, 0, 0, b'{"code":"x","message":"y","permanent":true}')
+    with pytest.raises(ProtocolError):
+        connector.receive_data(second.encode())

@@ -276,7 +276,7 @@ async def test_heartbeat_timeout_when_the_peer_stops_answering(
 
     async def accept() -> None:
         await edge.accept_registration()
-        await edge.registered("conn-1", "edge-1")
+        edge.registered("conn-1", "edge-1")
 
     nursery.start_soon(accept)
     events = await peer.receive_until(Registered)
@@ -345,7 +345,7 @@ async def test_outgoing_buffer_is_bounded_when_the_peer_reads_slowly(
     await peer.flush()
     info = await edge.accept_registration()
     assert info == REGISTER_INFO
-    await edge.registered("conn-1", "edge-1")
+    edge.registered("conn-1", "edge-1")
     await peer.receive_until(Registered)
     stream = await edge.open_stream({"kind": "tcp"})
     sent = trio.Event()
@@ -448,7 +448,7 @@ async def test_edge_can_revoke_a_live_connection(nursery: trio.Nursery) -> None:
     async def accept() -> None:
         info = await edge.accept_registration()
         assert info.conn_index == 3
-        await edge.registered("conn-9", "edge-1")
+        edge.registered("conn-9", "edge-1")
 
     nursery.start_soon(accept)
     registered = await connector.register(

@@ -42,12 +42,7 @@ async def test_bad_credential_gets_401_before_any_websocket() -> None:
     def authorize(request: HandshakeRequest) -> Rejection | None:
         seen.append(request)
         if parse_bearer(request.header("Authorization")) != "right-token":
-            return Rejection(
-                401,
-                reason="bad credentials",
-                body=b'{"error": "bad_credentials"}',
-                content_type="application/json",
-            )
+            return Rejection(401, b'{"error": "bad_credentials"}', "application/json")
         return None
 
     async def serve() -> None:
@@ -82,7 +77,7 @@ async def test_rejection_is_plain_http_that_closes() -> None:
 
     async def serve() -> None:
         with pytest.raises(HandshakeRejected):
-            await accept_websocket(server_stream, lambda request: Rejection(401, "no"))
+            await accept_websocket(server_stream, lambda request: Rejection(401, b"no"))
         await server_stream.aclose()
 
     async with client_stream, trio.open_nursery() as nursery:
