@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import logging
 import stat
-import sys
-import types
 from collections.abc import Iterator
 from pathlib import Path
 

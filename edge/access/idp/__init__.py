@@ -39,6 +39,8 @@ __all__ = [
     "OtpRefused",
     "RedirectProvider",
     "default_http_client",
+    "provider_error_code",
+    "read_json",
     "read_json_object",
 ]
 
@@ -119,23 +121,37 @@ class RedirectProvider(Protocol):
     ) -> Identity: ...
 
 
-async def read_json_object(
+async def read_json(
     response: httpx.Response, *, what: str, limit: int = MAX_PROVIDER_RESPONSE_BYTES
-) -> dict[str, object]:
-    """The JSON object of a streamed response, read with a size cap.
+) -> object:
+    """The JSON document of a streamed response, read with a size cap.
 
     Works on responses from ``client.stream(...)`` so an oversized or endless answer from a
     provider never gets buffered whole.
     """
     body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > limit:
-            raise IdpUnavailable("response_too_large", what)
+    chunks = response.aiter_bytes()
+    try:
+        async for chunk in chunks:
+            body += chunk
+            if len(body) > limit:
+                raise IdpUnavailable("response_too_large", what)
+    finally:
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()
     try:
         decoded: object = json.loads(bytes(body))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise IdpUnavailable("bad_response", f"{what} is not JSON") from None
+    return decoded
+
+
+async def read_json_object(
+    response: httpx.Response, *, what: str, limit: int = MAX_PROVIDER_RESPONSE_BYTES
+) -> dict[str, object]:
+    """:func:`read_json` for answers that must be a JSON object."""
+    decoded = await read_json(response, what=what, limit=limit)
     if not isinstance(decoded, dict):
         raise IdpUnavailable("bad_response", f"{what} is not a JSON object")
     return decoded
