@@ -164,25 +164,11 @@ class GlobalSession:
     idp: str
 
     def to_record(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "identity": identity_to_record(self.identity),
-            "created_at": self.created_at,
-            "expires_at": self.expires_at,
-            "nonce": self.nonce,
-            "idp": self.idp,
-        }
+        return {**asdict(self), "identity": identity_to_record(self.identity)}
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> GlobalSession:
-        return cls(
-            id=str(record["id"]),
-            identity=identity_from_record(record["identity"]),
-            created_at=float(record["created_at"]),
-            expires_at=float(record["expires_at"]),
-            nonce=str(record["nonce"]),
-            idp=str(record["idp"]),
-        )
+        return cls(**{**record, "identity": identity_from_record(record["identity"])})
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,20 +319,15 @@ class SessionManager:
             self._changed("app_session", " ".join(key), None)
         logger.info("session ended: nonce=%s why=%s", session.nonce, why)
 
-    def revoke_session(self, session_id: str) -> bool:
+    def revoke_session(self, session_id: str, *, why: str = "revoked") -> bool:
         session = self._sessions.get(session_id)
-        if session is None:
-            return False
-        self._end(session, "revoked")
-        return True
+        if session is not None:
+            self._end(session, why)
+        return session is not None
 
     def logout(self, session_id: str) -> bool:
         """End a session on every app at once (its app sessions go with it)."""
-        session = self._sessions.get(session_id)
-        if session is None:
-            return False
-        self._end(session, "logout")
-        return True
+        return self.revoke_session(session_id, why="logout")
 
     def revoke_email(self, email: str) -> int:
         """End every session of ``email`` (compared case-insensitively); returns how many."""
@@ -414,10 +395,10 @@ class SessionManager:
         now = self._clock()
         for key in [key for key, until in used.items() if until <= now]:
             del used[key]
+        if len(pending) >= self._max_pending:
+            logger.warning("%d pending logins or hand-offs; dropping the oldest", len(pending))
         while len(pending) >= self._max_pending:
-            key = next(iter(pending))
-            del pending[key]
-            logger.warning("too many pending logins or hand-offs; dropped the oldest")
+            del pending[next(iter(pending))]
         while len(used) >= self._max_pending:
             del used[next(iter(used))]
 

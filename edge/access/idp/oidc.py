@@ -55,6 +55,7 @@ _KEY_TYPE_FOR = {"RS256": "RSA", "ES256": "EC"}
 _CODE_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
 _MAX_CODE_LENGTH = 2048
 DISCOVERY_TTL = 3600.0
+DISCOVERY_RETRY_INTERVAL = 10.0
 JWKS_REFRESH_INTERVAL = 60.0
 CLOCK_LEEWAY = 60.0
 
@@ -137,6 +138,7 @@ class OidcProvider:
         self._discovery_ttl = discovery_ttl
         self._endpoints: OidcEndpoints | None = None
         self._discovered_at = 0.0
+        self._last_failure: tuple[float, IdpUnavailable] | None = None
         self._jwks: list[dict[str, Any]] = []
         self._jwks_fetched_at: float | None = None
 
@@ -154,13 +156,29 @@ class OidcProvider:
     # discovery
 
     async def prepare(self) -> None:
-        if self._endpoints is None or self._clock() - self._discovered_at >= self._discovery_ttl:
-            try:
-                await self.discover()
-            except IdpUnavailable:
-                if self._endpoints is None:
-                    raise
-                logger.warning("idp=%s rediscovery failed; keeping known endpoints", self._name)
+        """Discover when nothing is cached or the cache is stale.
+
+        After a failure the provider is not asked again for ``DISCOVERY_RETRY_INTERVAL``
+        seconds: logins fail fast with the same error instead of piling onto a provider that
+        is down. Known endpoints keep serving while a rediscovery fails.
+        """
+        now = self._clock()
+        if self._endpoints is not None and now - self._discovered_at < self._discovery_ttl:
+            return
+        failure = self._last_failure
+        if failure is not None and now - failure[0] < DISCOVERY_RETRY_INTERVAL:
+            if self._endpoints is None:
+                raise failure[1]
+            return
+        try:
+            await self.discover()
+        except IdpUnavailable as error:
+            self._last_failure = (now, error)
+            if self._endpoints is None:
+                raise
+            logger.warning("idp=%s rediscovery failed; keeping known endpoints", self._name)
+        else:
+            self._last_failure = None
 
     async def discover(self) -> OidcEndpoints:
         """Fetch and check the discovery document and the JWKS; cached by ``prepare``."""
