@@ -5,6 +5,11 @@ Exit codes: 0 success, 1 a runtime failure (store cannot be opened, files cannot
 
 Secrets never travel on the command line: ``init`` mints the admin token itself, writes it to
 ``admin.token`` with mode 0600 and shows it once; everything else reads files.
+
+``init`` and ``migrate`` also make sure the store holds an active Access signing key (RS256),
+so a new edge can sign tokens from its first request. The Access administration commands
+(``app``, ``policy``, ``idp``, ``service-token``, ``session``, ``keys``, ``audit``, ``apply``)
+talk to a running edge's admin API and live in :mod:`edge.cli_access`.
 """
 
 from __future__ import annotations
@@ -14,21 +19,28 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import NoReturn
 
 import click
 import trio
 
+from edge.access.keys_service import ensure_signing_key
+from edge.cli_access import register_access_commands
 from edge.config import (
     DEFAULT_LISTEN,
     ConfigError,
     EdgeConfig,
     load_edge_config,
+    parse_auth_domain,
+    parse_duration,
     parse_listen_address,
 )
-from edge.store import InvalidInput, StoreError, normalize_hostname
+from edge.store import StoreError
 from edge.store.sqlite import SqliteStore
+from tunnel.logging_setup import LOG_FORMATS, configure_logging
+from tunnel.systemd_notify import SystemdNotifier
 
 __all__ = ["CONFIG_TEMPLATE", "main"]
 
@@ -89,6 +101,9 @@ auth_domain = "{auth_domain}"  # host that holds the login session, e.g. "auth.e
 @click.version_option(package_name="tunnelgate", prog_name="tunnelgate-edge")
 def main() -> None:
     """Run and manage a tunnelgate edge."""
+
+
+register_access_commands(main)
 
 
 def _fail(message: str, code: int, *, hint: str = "") -> NoReturn:
@@ -159,8 +174,8 @@ def init(
     }
     if auth_domain:
         try:
-            values["auth_domain"] = normalize_hostname(auth_domain, allow_wildcard=False)
-        except InvalidInput as exc:
+            values["auth_domain"] = parse_auth_domain(auth_domain, key_path="--auth-domain")
+        except ConfigError as exc:
             raise click.BadParameter(str(exc), param_hint="--auth-domain") from None
     config_path = directory / CONFIG_FILENAME
     if config_path.exists() and not force:
@@ -177,6 +192,7 @@ def init(
     try:
         with SqliteStore(config.store_path()) as store:
             token = store.add_admin_token()
+            ensure_signing_key(store, now=time.time())
         _write_private_file(token_path, token + "\n")
     except StoreError as exc:
         _fail(str(exc), EXIT_FAILURE, hint=exc.hint)
@@ -209,32 +225,6 @@ def check_config(file: Path) -> None:
     click.echo(f"{file}: ok")
 
 
-class _JsonLogFormatter(logging.Formatter):
-    """One JSON object per line, for log shippers."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def _configure_logging(level: str, log_format: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(_JsonLogFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-
-
 @main.command()
 @click.option(
     "--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path)
@@ -246,27 +236,59 @@ def _configure_logging(level: str, log_format: str) -> None:
     show_default=True,
 )
 @click.option(
-    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    help="text: key=value lines (journald); json: one object per line.",
 )
-def serve(config_path: Path, log_level: str, log_format: str) -> None:
-    """Run the edge until interrupted."""
+@click.option(
+    "--grace-period",
+    default="30s",
+    show_default=True,
+    metavar="DURATION",
+    help="On SIGTERM, how long in-flight requests may finish; a second signal stops at once.",
+)
+def serve(config_path: Path, log_level: str, log_format: str, grace_period: str) -> None:
+    """Run the edge until SIGTERM or SIGINT (the first drains, a second stops at once)."""
     config = _load_config(config_path)
-    _configure_logging(log_level, log_format)
+    try:
+        grace = parse_duration(grace_period, key_path="--grace-period")
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--grace-period") from None
+    configure_logging(log_level, log_format)
+    notifier = SystemdNotifier.from_environment()
     from edge import server
 
     async def serve_until_signalled() -> None:
         # stdout carries one machine-readable line when every listener is bound (scripts and
         # tests wait on it); logs go to stderr.
-        async with trio.open_nursery() as nursery:
-            runtime = await nursery.start(server.serve_edge, config)
-            click.echo(json.dumps({"event": "ready", "edge_id": config.edge.id,
-                                   "listeners": runtime.listeners}))
-            sys.stdout.flush()
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _signum in signals:
-                    runtime.shutdown()
-                    break
-            nursery.cancel_scope.cancel()
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def run_edge(*, task_status: trio.TaskStatus[server.EdgeRuntime]) -> None:
+                    await server.serve_edge(config, notifier=notifier, task_status=task_status)
+                    nursery.cancel_scope.cancel()  # drained or stopped: no more signals to wait
+
+                runtime = await nursery.start(run_edge)
+                click.echo(
+                    json.dumps(
+                        {
+                            "event": "ready",
+                            "edge_id": config.edge.id,
+                            "listeners": runtime.listeners,
+                        }
+                    )
+                )
+                sys.stdout.flush()
+                draining = False
+                async for signum in signals:
+                    if draining:
+                        log.warning("second signal %s: stopping without waiting", signum)
+                        runtime.shutdown()
+                        break
+                    draining = True
+                    nursery.start_soon(runtime.drain, grace)
 
     try:
         trio.run(serve_until_signalled)
@@ -289,8 +311,11 @@ def migrate(config_path: Path) -> None:
         with SqliteStore(config.store_path(), apply_migrations=False) as store:
             applied = store.migrate()
             version = store.schema_version()
+            ring, created = ensure_signing_key(store, now=time.time())
     except StoreError as exc:
         _fail(f"store: {exc}", EXIT_FAILURE, hint=exc.hint)
+    if created:
+        click.echo(f"Generated signing key {ring.active.kid} ({ring.active.algorithm})")
     if applied:
         listed = ", ".join(str(number) for number in applied)
         click.echo(f"{config.store_path()}: applied migrations {listed}; schema version {version}")

@@ -43,6 +43,7 @@ __all__ = [
     "TlsConfig",
     "TunnelConfig",
     "load_edge_config",
+    "parse_auth_domain",
     "parse_config",
     "parse_duration",
     "parse_listen_address",
@@ -155,7 +156,7 @@ class TlsConfig:
 
 @dataclass(frozen=True)
 class AccessConfig:
-    """``auth_domain`` "" means Access is not configured yet."""
+    """``auth_domain`` (``host`` or ``host:port``) "" means Access is not configured yet."""
 
     auth_domain: str = ""
 
@@ -513,13 +514,30 @@ def _parse_tls(raw: object | None, config_dir: Path) -> TlsConfig:
     return TlsConfig(tuple(certificates))
 
 
+def parse_auth_domain(value: str, *, key_path: str = "access.auth_domain") -> str:
+    """``host`` or ``host:port`` in canonical form (lower case, no trailing dot).
+
+    A port is allowed so that an edge serving plain HTTP on a loopback port (the demo, tests)
+    can name its own auth domain, e.g. ``auth.localhost:8080``.
+    """
+    host, sep, port_text = value.rpartition(":")
+    if not sep:
+        host, port_text = value, ""
+    try:
+        normalized = normalize_hostname(host, allow_wildcard=False)
+    except InvalidInput as exc:
+        raise ConfigError(key_path, exc.message, hint=exc.hint) from None
+    if not sep:
+        return normalized
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536 or port_text.startswith("0"):
+        raise ConfigError(key_path, f"invalid port {port_text!r}", hint="write HOST or HOST:PORT")
+    return f"{normalized}:{int(port_text)}"
+
+
 def _parse_access(table: _Table) -> AccessConfig:
     auth_domain = table.string("auth_domain", "")
     table.finish()
     if not auth_domain:
         return AccessConfig()
-    try:
-        normalized = normalize_hostname(auth_domain, allow_wildcard=False)
-    except InvalidInput as exc:
-        raise ConfigError(table.key_path("auth_domain"), exc.message, hint=exc.hint) from None
-    return AccessConfig(auth_domain=normalized)
+    key_path = table.key_path("auth_domain")
+    return AccessConfig(auth_domain=parse_auth_domain(auth_domain, key_path=key_path))

@@ -4,6 +4,9 @@ Keeping it transport-free lets every endpoint be tested without sockets; ``edge.
 puts it on the admin port. Authentication runs before routing, so an unauthenticated caller
 cannot probe which paths exist. Store calls run in worker threads because the store is
 synchronous; ``on_change`` runs on the trio thread once a write has committed.
+
+The tunnel and route endpoints live here; the Access endpoints (applications, policies, IdPs,
+service tokens, sessions, keys, audit, apply) in :mod:`edge.admin.access_endpoints`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import functools
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +25,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import trio
 
+from edge.access.keys_service import KeySettings
 from edge.admin.openapi import openapi_document
 from edge.errors import EdgeError
 from edge.store import Route, Store, Tunnel
@@ -34,8 +39,10 @@ __all__ = [
     "ChangeEvent",
     "ChangeKind",
     "ConnectionInfo",
+    "Handler",
     "LiveConnectionView",
     "json_response",
+    "parse_json_body",
 ]
 log = logging.getLogger(__name__)
 
@@ -94,16 +101,31 @@ class ChangeKind(StrEnum):
     CREDENTIAL_ADDED = "credential_added"
     ROUTE_ADDED = "route_added"
     ROUTE_DELETED = "route_deleted"
+    APP_CHANGED = "app_changed"
+    IDP_CHANGED = "idp_changed"
+    SERVICE_TOKEN_CHANGED = "service_token_changed"
+    SESSIONS_REVOKED = "sessions_revoked"
+    KEYS_ROTATED = "keys_rotated"
 
 
 @dataclass(frozen=True)
 class ChangeEvent:
-    """What changed; on TUNNEL_DELETED the edge drops the tunnel's connections (permanently)."""
+    """What changed, so the running edge can rebuild what the request path reads.
+
+    On TUNNEL_DELETED the edge drops the tunnel's connections (permanently). The Access kinds
+    (APP_CHANGED, IDP_CHANGED, SERVICE_TOKEN_CHANGED) mean: rebuild the Access catalog;
+    ``name`` is the app, IdP or token when one was changed, None after an ``apply``.
+    SESSIONS_REVOKED carries ``email`` or ``aud`` (and the app's ``name``): end those sessions
+    in memory too, and close their open streams. KEYS_ROTATED: reload the key ring.
+    """
 
     kind: ChangeKind
-    tunnel_id: str
+    tunnel_id: str = ""
     hostname: str | None = None
     force: bool = False
+    name: str | None = None
+    email: str | None = None
+    aud: str | None = None
 
 
 @dataclass(frozen=True)
@@ -148,12 +170,17 @@ def _route_json(route: Route) -> dict[str, object]:
     }
 
 
-def _json_object(body: bytes, fields: set[str]) -> dict[str, Any]:
-    """Parse a request body that must be a JSON object with exactly the given fields."""
+def parse_json_body(body: bytes) -> Any:
+    """The JSON value of a request body, or AdminError(invalid_json)."""
     try:
-        data = json.loads(body)
+        return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AdminError(400, "invalid_json", f"request body is not JSON: {exc}") from None
+
+
+def _json_object(body: bytes, fields: set[str]) -> dict[str, Any]:
+    """Parse a request body that must be a JSON object with exactly the given fields."""
+    data = parse_json_body(body)
     expected = ", ".join(f'"{name}"' for name in sorted(fields))
     if not isinstance(data, dict):
         raise AdminError(400, "invalid_body", f"expected a JSON object with {expected}")
@@ -165,11 +192,14 @@ def _json_object(body: bytes, fields: set[str]) -> dict[str, Any]:
     return data
 
 
-_Handler = Callable[[dict[str, str], dict[str, list[str]], bytes], Awaitable[AdminResponse]]
+Handler = Callable[[dict[str, str], dict[str, list[str]], bytes], Awaitable[AdminResponse]]
 
 
 class AdminApi:
-    """The admin API; ``handle`` answers one request."""
+    """The admin API; ``handle`` answers one request.
+
+    ``clock`` (Unix seconds) dates key rotations; ``key_settings`` says how keys rotate.
+    """
 
     def __init__(
         self,
@@ -178,12 +208,17 @@ class AdminApi:
         live_connections: Callable[[], Mapping[str, Sequence[LiveConnectionView]]],
         edge_url: Callable[[], str],
         on_change: Callable[[ChangeEvent], Awaitable[None] | None],
+        clock: Callable[[], float] = time.time,
+        key_settings: KeySettings | None = None,
     ) -> None:
+        # Imported here because the Access endpoints build on this module's types.
+        from edge.admin.access_endpoints import AccessEndpoints
+
         self._store = store
         self._live_connections = live_connections
         self._edge_url = edge_url
         self._on_change = on_change
-        self._routes: list[tuple[re.Pattern[str], dict[str, _Handler]]] = [
+        self._routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
             (re.compile(r"/v1/tunnels"), {"GET": self._list_tunnels, "POST": self._create_tunnel}),
             (
                 re.compile(r"/v1/tunnels/(?P<ref>[^/]+)"),
@@ -194,6 +229,10 @@ class AdminApi:
             (re.compile(r"/v1/routes"), {"GET": self._list_routes}),
             (re.compile(r"/v1/routes/(?P<hostname>[^/]+)"), {"DELETE": self._delete_route}),
         ]
+        access = AccessEndpoints(
+            store, self._notify, clock=clock, key_settings=key_settings or KeySettings()
+        )
+        self._routes.extend(access.routes())
 
     async def handle(
         self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
@@ -274,9 +313,10 @@ class AdminApi:
                 await result
         except Exception:
             log.exception(
-                "edge failed to apply %s for tunnel %s; in-memory state may be stale",
+                "edge failed to apply %s (tunnel %s, name %s); in-memory state may be stale",
                 event.kind,
-                event.tunnel_id,
+                event.tunnel_id or "-",
+                event.name or "-",
             )
 
     def _tunnel_json(

@@ -2,7 +2,9 @@
 
 It is written out by hand rather than derived from the handlers so that it can say what each
 error code means; the tests check that every documented operation exists and that real
-responses match the documented schemas, which keeps the two from drifting apart.
+responses match the documented schemas, which keeps the two from drifting apart. The Access
+part (applications, policies, IdPs, service tokens, sessions, keys, audit, apply) is described
+in :mod:`edge.admin.openapi_access` with the builders defined here.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ import json
 from typing import Any
 
 
-def _object(properties: dict[str, Any]) -> dict[str, Any]:
+def _object(properties: dict[str, Any], *, optional: tuple[str, ...] = ()) -> dict[str, Any]:
     return {
         "type": "object",
-        "required": sorted(properties),
+        "required": sorted(set(properties) - set(optional)),
         "properties": properties,
         "additionalProperties": False,
     }
@@ -212,12 +214,21 @@ def _openapi_json() -> str:
             ),
         },
     }
+    from edge.admin.openapi_access import access_parameters, access_paths, access_schemas
+
+    schemas.update(access_schemas())
+    parameters.update(access_parameters())
+    paths.update(access_paths())
     document = {
         "openapi": "3.1.0",
         "info": {
             "title": "tunnelgate edge admin API",
             "version": "1",
-            "description": "Tunnels, run tokens and hostname routes of one tunnelgate edge.",
+            "description": (
+                "Tunnels, run tokens and hostname routes of one tunnelgate edge, and its Access "
+                "configuration: applications, policies, identity providers, service tokens, "
+                "session revocation, signing keys, the audit log and declarative apply."
+            ),
         },
         "security": [{"adminToken": []}],
         "paths": paths,

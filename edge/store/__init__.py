@@ -10,22 +10,29 @@ Errors (codes are the admin API's error codes)::
 
     EdgeError (edge.errors)
     └── StoreError              500 store_error: the database itself failed
-        ├── NotFound            404 tunnel_not_found, route_not_found
-        ├── Conflict            409 tunnel_exists, route_exists
-        └── InvalidInput        400 invalid_name, invalid_hostname
+        ├── NotFound            404 tunnel_not_found, route_not_found, app_not_found,
+        │                           idp_not_found, service_token_not_found
+        ├── Conflict            409 tunnel_exists, route_exists, app_exists, domain_taken,
+        │                           idp_exists, idp_in_use, service_token_exists
+        └── InvalidInput        400 invalid_name, invalid_hostname, invalid_domain, invalid_app,
+                                    invalid_idp, invalid_policy, invalid_duration, unknown_idp;
+                                    .key_path names the offending value
 
 Routes are :class:`edge.routes.Route` values, so ``RouteTable(store.list_routes())`` builds the
 edge's lookup table without conversion.
 
 Names and host names are validated here, not by the callers, so that every way into the store
-(admin API, CLI, a future import) accepts exactly the same values.
+(admin API, CLI, a future import) accepts exactly the same values. The Access records
+(applications, policies, IdPs, service tokens, sessions, revocations, decisions) and their
+validators live in :mod:`edge.store.access_records`.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -35,12 +42,26 @@ from edge.errors import EdgeError
 from edge.routes import Route
 
 if TYPE_CHECKING:
+    from edge.access.policy import AppPolicySet
     from edge.config import EdgeConfig
+    from edge.store.access_records import (
+        AppRecord,
+        AppSpec,
+        DecisionRecord,
+        IdpRecord,
+        Revocation,
+        ServiceToken,
+        SessionRecord,
+    )
+
+KeyRecord = dict[str, str | float | None]
+"""A signing key as ``edge.access.tokens.SigningKey.to_record()`` writes it."""
 
 __all__ = [
     "AuditEvent",
     "Conflict",
     "InvalidInput",
+    "KeyRecord",
     "NotFound",
     "Route",
     "Store",
@@ -73,8 +94,16 @@ class Conflict(StoreError):
 
 
 class InvalidInput(StoreError):
+    """A value the store refuses; the message starts with ``key_path`` when there is one."""
+
     code = "invalid_input"
     status = 400
+
+    def __init__(
+        self, message: str, *, code: str | None = None, hint: str = "", key_path: str = ""
+    ) -> None:
+        super().__init__(f"{key_path}: {message}" if key_path else message, code=code, hint=hint)
+        self.key_path = key_path
 
 
 @dataclass(frozen=True)
@@ -86,9 +115,17 @@ class Tunnel:
 
 @dataclass(frozen=True)
 class AuditEvent:
+    """One audit log entry: an administrative change or an access decision.
+
+    ``app`` is the application it concerns; ``subject`` the e-mail or service token a decision
+    was about (lower-case), so the log can be filtered by either.
+    """
+
     time: datetime
     kind: str
     detail: Mapping[str, Any]
+    app: str | None = None
+    subject: str | None = None
 
 
 class Store(Protocol):
@@ -140,8 +177,117 @@ class Store(Protocol):
 
     def verify_admin_token(self, token: str) -> bool: ...
 
-    def audit_events(self, limit: int = 100) -> list[AuditEvent]:
-        """The newest audit log entries, newest first."""
+    def audit_events(
+        self, limit: int = 100, *, app: str | None = None, email: str | None = None
+    ) -> list[AuditEvent]:
+        """The newest audit log entries, newest first, optionally only one app's or one
+        person's (``email`` also matches a service token name)."""
+        ...
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Run several writes as one transaction: all of them happen or none does."""
+        ...
+
+    # -- identity providers (NotFound idp_not_found, Conflict idp_exists / idp_in_use) ----------
+
+    def create_idp(self, idp: IdpRecord) -> IdpRecord: ...
+
+    def replace_idp(self, idp: IdpRecord) -> IdpRecord:
+        """Replace the settings of the IdP with ``idp.name`` (its type may change too)."""
+        ...
+
+    def get_idp(self, name: str) -> IdpRecord: ...
+
+    def list_idps(self) -> list[IdpRecord]:
+        """Every IdP, sorted by name."""
+        ...
+
+    def delete_idp(self, name: str) -> None:
+        """Delete an IdP no application lists; Conflict(idp_in_use) otherwise."""
+        ...
+
+    # -- applications (NotFound app_not_found, Conflict app_exists / domain_taken) --------------
+
+    def create_app(self, spec: AppSpec) -> AppRecord:
+        """Create an application with a new AUD tag; its IdPs must exist (unknown_idp)."""
+        ...
+
+    def replace_app(self, name: str, spec: AppSpec) -> AppRecord:
+        """Replace an application's settings; its id, AUD and policies stay."""
+        ...
+
+    def get_app(self, name: str) -> AppRecord: ...
+
+    def list_apps(self) -> list[AppRecord]:
+        """Every application, sorted by name."""
+        ...
+
+    def delete_app(self, name: str) -> AppRecord:
+        """Delete an application with its policies; returns what it was."""
+        ...
+
+    def get_policies(self, app_name: str) -> AppPolicySet: ...
+
+    def set_policies(self, app_name: str, policies: AppPolicySet) -> AppPolicySet:
+        """Replace an application's ordered policy list."""
+        ...
+
+    # -- service tokens (NotFound service_token_not_found, Conflict service_token_exists) -------
+
+    def create_service_token(self, name: str, *, duration: int) -> tuple[ServiceToken, str]:
+        """Create a token valid for ``duration`` seconds; returns it and the plaintext secret,
+        which is never stored (only its SHA-256)."""
+        ...
+
+    def list_service_tokens(self) -> list[ServiceToken]: ...
+
+    def delete_service_token(self, name: str) -> ServiceToken: ...
+
+    # -- signing keys ----------------------------------------------------------------------------
+
+    def signing_key_records(self) -> list[KeyRecord]:
+        """The stored signing keys, oldest first."""
+        ...
+
+    def update_signing_keys(
+        self, change: Callable[[list[KeyRecord]], list[KeyRecord] | None]
+    ) -> list[KeyRecord]:
+        """Read-modify-write of the key set in one transaction, so two edges rotating at once
+        cannot both win. ``change`` gets the stored records and returns the new full set, or
+        None to leave it; returns the set now stored."""
+        ...
+
+    # -- sessions and revocations ----------------------------------------------------------------
+
+    def save_session(self, record: SessionRecord) -> None:
+        """Insert or replace a global session (keyed by ``id_hash``)."""
+        ...
+
+    def delete_session(self, id_hash: str) -> bool: ...
+
+    def live_sessions(self, now: float) -> list[SessionRecord]:
+        """Sessions neither expired at ``now`` nor revoked."""
+        ...
+
+    def purge_expired_sessions(self, now: float) -> int: ...
+
+    def revoke_email_sessions(self, email: str) -> tuple[Revocation, int]:
+        """Void every session of one person from now on; returns the revocation and how many
+        stored sessions it ended."""
+        ...
+
+    def revoke_app_sessions(self, app_name: str) -> Revocation:
+        """Void every session's admission to one application from now on."""
+        ...
+
+    def revocations(self) -> list[Revocation]: ...
+
+    # -- access decisions --------------------------------------------------------------------
+
+    def record_decision(self, decision: DecisionRecord) -> None: ...
+
+    def record_decisions(self, decisions: Sequence[DecisionRecord]) -> None:
+        """Append several decisions in one transaction (the request path batches them)."""
         ...
 
     def close(self) -> None: ...

@@ -10,8 +10,16 @@ Schema changes are versioned migrations in :data:`MIGRATIONS`, applied in order 
 recorded in ``schema_migrations``. The list is append-only: a released migration is never
 edited, a change is a new entry.
 
-Secrets (tunnel secrets, admin tokens) are never stored: only their SHA-256 hex digests, so a
-copy of the database file does not let anyone in.
+Secrets (tunnel secrets, admin tokens, service-token secrets, session ids) are never stored:
+only their SHA-256 hex digests, so a copy of the database file does not let anyone in. The one
+exception is the Access signing keys, which the edge needs in clear to sign; the file is created
+with mode 0600 for that reason.
+
+The Access tables are served by two mixins over the same connection, lock and transactions:
+:class:`edge.store.sqlite_access.AccessTables` (IdPs, applications, policies, service tokens)
+and :class:`edge.store.sqlite_runtime.RuntimeTables` (signing keys, sessions, revocations,
+decisions). :meth:`SqliteStore.batch` groups several
+writes into one transaction (``apply`` uses it: a document is applied entirely or not at all).
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ from edge.store import (
     normalize_hostname,
     validate_tunnel_name,
 )
+from edge.store.sqlite_access import AccessTables, sql_timestamp
+from edge.store.sqlite_runtime import RuntimeTables
 from tunnel.auth import hash_secret
 
 __all__ = ["MIGRATIONS", "Migration", "SqliteStore"]
@@ -95,6 +105,82 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        2,
+        "access: idps, apps, policies, service tokens, signing keys, sessions, revocations",
+        (
+            """CREATE TABLE idps (
+                name TEXT PRIMARY KEY,
+                type TEXT NOT NULL CHECK (type IN ('oidc', 'github', 'otp')),
+                config TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL
+            )""",
+            """CREATE TABLE apps (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                domain TEXT NOT NULL UNIQUE,
+                aud TEXT NOT NULL UNIQUE,
+                type TEXT NOT NULL CHECK (type IN ('http', 'tcp')),
+                session_duration INTEGER NOT NULL,
+                idps TEXT NOT NULL,
+                cookie_name TEXT NOT NULL,
+                header_name TEXT NOT NULL,
+                email_header_name TEXT NOT NULL,
+                allow_websockets INTEGER NOT NULL,
+                allow_encoded_slash INTEGER NOT NULL,
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL
+            )""",
+            """CREATE TABLE policies (
+                app_id TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+                position INTEGER NOT NULL,
+                name TEXT NOT NULL,
+                action TEXT NOT NULL,
+                include TEXT NOT NULL,
+                require TEXT NOT NULL,
+                exclude TEXT NOT NULL,
+                PRIMARY KEY (app_id, position),
+                UNIQUE (app_id, name)
+            )""",
+            """CREATE TABLE service_tokens (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                client_id TEXT NOT NULL UNIQUE,
+                secret_hash TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                expires_at TEXT NOT NULL
+            )""",
+            # not_after: when a retired key stops being published (NULL for the active key).
+            """CREATE TABLE signing_keys (
+                kid TEXT PRIMARY KEY,
+                algorithm TEXT NOT NULL,
+                private_key_pem TEXT NOT NULL,
+                certificate_pem TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                not_after REAL
+            )""",
+            """CREATE TABLE sessions (
+                id_hash TEXT PRIMARY KEY,
+                email TEXT NOT NULL,
+                identity TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                expires_at REAL NOT NULL,
+                revoked INTEGER NOT NULL DEFAULT 0
+            )""",
+            "CREATE INDEX sessions_email ON sessions(email)",
+            """CREATE TABLE revocations (
+                kind TEXT NOT NULL CHECK (kind IN ('email', 'app')),
+                subject TEXT NOT NULL,
+                epoch REAL NOT NULL,
+                PRIMARY KEY (kind, subject)
+            )""",
+            "ALTER TABLE audit_log ADD COLUMN app TEXT",
+            "ALTER TABLE audit_log ADD COLUMN subject TEXT",
+            "CREATE INDEX audit_log_app ON audit_log(app, id)",
+            "CREATE INDEX audit_log_subject ON audit_log(subject, id)",
+        ),
+    ),
 )
 
 
@@ -110,10 +196,7 @@ def _new_id() -> str:
     return str(uuid.uuid4())
 
 
-def _timestamp(moment: datetime) -> str:
-    if moment.tzinfo is None:
-        raise ValueError("the store clock must return timezone-aware datetimes")
-    return moment.astimezone(UTC).isoformat()
+_timestamp = sql_timestamp
 
 
 def _tunnel_not_found(ref: str) -> NotFound:
@@ -124,12 +207,13 @@ def _tunnel_not_found(ref: str) -> NotFound:
     )
 
 
-class SqliteStore:
+class SqliteStore(AccessTables, RuntimeTables):
     """:class:`edge.store.Store` on one SQLite file.
 
     Pending migrations are applied on open unless ``apply_migrations`` is False (the
     ``migrate`` command opens without them to report what it applies). ``clock``,
-    ``new_secret`` and ``new_id`` are injectable so tests control time and randomness.
+    ``new_secret``, ``new_id`` and ``random_bytes`` are injectable so tests control time and
+    randomness.
     """
 
     def __init__(
@@ -139,13 +223,17 @@ class SqliteStore:
         clock: Callable[[], datetime] = _utc_now,
         new_secret: Callable[[], str] = _new_secret,
         new_id: Callable[[], str] = _new_id,
+        random_bytes: Callable[[int], bytes] = secrets.token_bytes,
         apply_migrations: bool = True,
     ) -> None:
         self.path = path
         self._clock = clock
         self._new_secret = new_secret
         self._new_id = new_id
-        self._lock = threading.Lock()
+        self._random_bytes = random_bytes
+        # Re-entrant so that a batch() can hold the lock while the writes inside it take it.
+        self._lock = threading.RLock()
+        self._in_batch = False
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             if not path.exists():
@@ -181,6 +269,13 @@ class SqliteStore:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            if self._in_batch:
+                # The enclosing batch commits or rolls back everything at once.
+                try:
+                    yield self._conn
+                except sqlite3.Error as exc:
+                    raise StoreError(f"store write failed: {exc}") from exc
+                return
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
@@ -200,6 +295,19 @@ class SqliteStore:
                 raise StoreError(f"store transaction failed to commit: {exc}") from exc
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        with self._lock:
+            if self._in_batch:
+                yield
+                return
+            with self._transaction():
+                self._in_batch = True
+                try:
+                    yield
+                finally:
+                    self._in_batch = False
+
+    @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             try:
@@ -207,10 +315,25 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise StoreError(f"store read failed: {exc}") from exc
 
-    def _audit(self, conn: sqlite3.Connection, kind: str, detail: dict[str, Any]) -> None:
+    def _audit(
+        self,
+        conn: sqlite3.Connection,
+        kind: str,
+        detail: dict[str, Any],
+        *,
+        app: str | None = None,
+        subject: str | None = None,
+        time: datetime | None = None,
+    ) -> None:
         conn.execute(
-            "INSERT INTO audit_log (time, kind, detail) VALUES (?, ?, ?)",
-            (_timestamp(self._clock()), kind, json.dumps(detail, sort_keys=True)),
+            "INSERT INTO audit_log (time, kind, detail, app, subject) VALUES (?, ?, ?, ?, ?)",
+            (
+                _timestamp(time or self._clock()),
+                kind,
+                json.dumps(detail, sort_keys=True),
+                app,
+                subject.lower() if subject else None,
+            ),
         )
 
     # -- schema ----------------------------------------------------------------------------
@@ -443,12 +566,31 @@ class SqliteStore:
 
     # -- audit log -------------------------------------------------------------------------
 
-    def audit_events(self, limit: int = 100) -> list[AuditEvent]:
+    def audit_events(
+        self, limit: int = 100, *, app: str | None = None, email: str | None = None
+    ) -> list[AuditEvent]:
+        conditions: list[str] = []
+        values: list[object] = []
+        if app is not None:
+            conditions.append("app = ?")
+            values.append(app)
+        if email is not None:
+            conditions.append("subject = ?")
+            values.append(email.lower())
+        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
         with self._reading() as conn:
             rows = conn.execute(
-                "SELECT time, kind, detail FROM audit_log ORDER BY id DESC LIMIT ?", (limit,)
+                "SELECT time, kind, detail, app, subject FROM audit_log "
+                f"{where}ORDER BY id DESC LIMIT ?",
+                (*values, max(0, limit)),
             ).fetchall()
         return [
-            AuditEvent(time=datetime.fromisoformat(r[0]), kind=r[1], detail=json.loads(r[2]))
+            AuditEvent(
+                time=datetime.fromisoformat(r[0]),
+                kind=r[1],
+                detail=json.loads(r[2]),
+                app=r[3],
+                subject=r[4],
+            )
             for r in rows
         ]

@@ -5,6 +5,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -178,8 +179,15 @@ def restore_logging() -> Iterator[None]:
 
 @pytest.mark.usefixtures("restore_logging")
 def test_no_option_takes_a_secret() -> None:
-    for command in main.commands.values():
+    # Options that name a file holding a secret (--api-token-file) are how secrets come in.
+    pending: list[click.Command] = list(main.commands.values())
+    while pending:
+        command = pending.pop()
+        if isinstance(command, click.Group):
+            pending.extend(command.commands.values())
         for param in command.params:
-            names = " ".join(getattr(param, "opts", []))
-            assert "token" not in names, names
-            assert "secret" not in names, names
+            for name in getattr(param, "opts", []):
+                if name.endswith("-file"):
+                    continue
+                assert "token" not in name, name
+                assert "secret" not in name, name

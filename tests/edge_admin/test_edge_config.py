@@ -280,7 +280,7 @@ def test_port_zero_listeners_may_repeat(tmp_path: Path) -> None:
         ('[store]\nurl = "sqlite:"\n', "store.url: "),
         ('[access]\nauth_domain = "*.example.com"\n', "access.auth_domain: "),
         ('[access]\nauth_domain = "auth example"\n', "access.auth_domain: "),
-        ('[access]\nauth_domain = "auth.example.com:443"\n', "access.auth_domain: "),
+        ('[access]\nauth_domain = "auth.example.com:99999"\n', "access.auth_domain: "),
         ('[listen]\npublic_tls = "127.0.0.1:0"\n', "listen.public_tls: "),
         (
             "[[tls.certificate]]\ncert_file = 'missing.pem'\nkey_file = 'x'\n",
