@@ -38,6 +38,7 @@ pytest: $(STAMP)
 test: test-deps lint typecheck pytest
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[bench]"
 	bash bench/setup.sh
 	$(PY) bench/run.py
 

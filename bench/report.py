@@ -1,0 +1,265 @@
+"""Turn one run's recordings into the results JSON, the Markdown table and the PNG chart.
+
+Every cell is either a measured median with its min-max spread and the number of runs, or a
+status with its reason (`failed: ...`, `skipped: ...`, `not run`): a row is never filled in from
+anything but a measurement of this run. Ratios are this target's median divided by the
+reference's median from the same run (`x direct`, `x ssh -R`); for rows measured in ms or MiB
+lower is better, so there a ratio below 1 is the good side.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from scenarios import METRICS, SCENARIOS, Metric, Recorder
+from targets import Target
+
+README_START = "<!-- results:start -->"
+README_END = "<!-- results:end -->"
+DIRECT = "direct"
+SSH_REFERENCE = "ssh-R"
+CHART_METRICS = (
+    "keepalive_c32_rps",
+    "close_c32_rps",
+    "download_mbps",
+    "upload_mbps",
+    "fixed_p99_ms",
+    "hol_loaded_p99_ms",
+)
+SCENARIO_TITLES = {
+    "rss": "7. Memory (RSS of connector and edge; for ssh: the ssh client and the sshd tree)",
+    "keepalive": "1. Small GET, keep-alive",
+    "close": "2. Small GET, Connection: close",
+    "transfer": "3. 64 MiB download and upload",
+    "latency": "4. Latency at a fixed rate (half the measured keep-alive maximum)",
+    "hol": "5. Head-of-line probe",
+    "websockets": "6. Idle WebSocket streams on one tunnel",
+}
+NOT_APPLICABLE = "not applicable to this target"
+REPORT_ORDER = ("keepalive", "close", "transfer", "latency", "hol", "websockets", "rss")
+
+
+def summarize_cell(
+    recorder: Recorder, target: Target, metric: Metric, selected: set[str]
+) -> dict[str, Any]:
+    values = recorder.values.get((target.name, metric.key))
+    if values:
+        cell: dict[str, Any] = {
+            "status": "ok",
+            "median": statistics.median(values),
+            "min": min(values),
+            "max": max(values),
+            "runs": values,
+        }
+        failure = recorder.failures.get((target.name, metric.key))
+        if failure:
+            cell["failed_runs_reason"] = failure
+        return cell
+    if target.status in ("failed", "skipped"):
+        return {"status": target.status, "reason": target.reason}
+    failure = recorder.failures.get((target.name, metric.key))
+    if failure:
+        return {"status": "failed", "reason": failure}
+    if metric.scenario not in selected:
+        return {"status": "not run", "reason": "not selected with --only"}
+    return {"status": "not run", "reason": NOT_APPLICABLE}
+
+
+def build_results(
+    *,
+    header: dict[str, Any],
+    targets: list[Target],
+    recorder: Recorder,
+    selected: set[str],
+) -> dict[str, Any]:
+    metrics = []
+    for metric in METRICS:
+        results = {t.name: summarize_cell(recorder, t, metric, selected) for t in targets}
+        measured = any(
+            (t.name, metric.key) in recorder.values or (t.name, metric.key) in recorder.failures
+            for t in targets
+        )
+        if not measured and metric.scenario not in selected:
+            continue
+        if all(cell.get("reason") == NOT_APPLICABLE for cell in results.values()):
+            continue  # e.g. the RSS rows when only the direct target ran
+        metrics.append(
+            {
+                "key": metric.key,
+                "scenario": metric.scenario,
+                "title": metric.title,
+                "unit": metric.unit,
+                "higher_is_better": metric.higher_is_better,
+                "results": results,
+            }
+        )
+    return {
+        **header,
+        "targets": [
+            {"name": t.name, "label": t.label, "status": t.status, "reason": t.reason}
+            for t in targets
+        ],
+        "metrics": metrics,
+        "details": recorder.details,
+    }
+
+
+def format_number(value: float) -> str:
+    if abs(value) >= 100 or float(value).is_integer():
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _ratio(cell: dict[str, Any], reference: dict[str, Any] | None) -> str:
+    if reference is None or cell["status"] != "ok" or reference["status"] != "ok":
+        return ""
+    if not reference["median"]:
+        return ""
+    ratio = cell["median"] / reference["median"]
+    return f"{ratio:.2f}x" if ratio >= 0.1 else f"{ratio:.3f}x"
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "/").replace("\n", " ")
+
+
+def _cell_text(cell: dict[str, Any], target: dict[str, Any]) -> tuple[str, str]:
+    if cell["status"] == "ok":
+        spread = f"{format_number(cell['min'])}-{format_number(cell['max'])}"
+        runs = len(cell["runs"])
+        return format_number(cell["median"]), f"{spread} (n={runs})"
+    reason = _escape(str(cell.get("reason", "")))
+    if target["status"] in ("failed", "skipped"):
+        reason = _escape(target["reason"])
+    if len(reason) > 100:
+        reason = reason[:97] + "..."
+    return f"**{cell['status']}**: {reason}" if reason else cell["status"], ""
+
+
+def markdown_table(results: dict[str, Any], chart_name: str | None) -> str:
+    labels = {t["name"]: t["label"] for t in results["targets"]}
+    targets = {t["name"]: t for t in results["targets"]}
+    lines = [
+        f"Run of {results['date']}, commit `{results['commit']}`"
+        f"{' (uncommitted changes)' if results.get('dirty') else ''}, "
+        f"{results['mode']}: {results['runs']} run(s) of {results['seconds']:g} s per row, "
+        f"{results['machine']['cpus']} CPUs, everything on 127.0.0.1. "
+        f"Raw numbers: `bench/results/{results['file_stem']}.json`.",
+        "",
+        "Targets:",
+        "",
+        *(
+            f"- **{t['label']}**: {t['status']}"
+            + (f": {_escape(t['reason'])}" if t["reason"] else "")
+            for t in results["targets"]
+        ),
+        "",
+    ]
+    probe = results.get("ssh_nodelay_probe")
+    if isinstance(probe, dict) and probe:
+        findings = []
+        for variant, flags in probe.items():
+            if isinstance(flags, dict) and "client_nodelay" in flags:
+                findings.append(
+                    f"`{variant}`: client {flags['client_nodelay']}, server {flags['server_nodelay']}"
+                )
+        if findings:
+            lines += ["TCP_NODELAY read off the live ssh sockets: " + "; ".join(findings) + ".", ""]
+    if chart_name:
+        lines += [f"![benchmark chart](results/{chart_name})", ""]
+    by_scenario: dict[str, list[dict[str, Any]]] = {}
+    for metric in results["metrics"]:
+        by_scenario.setdefault(metric["scenario"], []).append(metric)
+    for scenario in REPORT_ORDER:
+        if scenario not in by_scenario:
+            continue
+        lines += [
+            f"#### {SCENARIO_TITLES[scenario]}",
+            "",
+            "| row | target | median | min-max (runs) | x direct | x ssh -R |",
+            "| --- | --- | ---: | ---: | ---: | ---: |",
+        ]
+        # A target that failed or was skipped as a whole gets one marked row per scenario.
+        unmeasured_shown: set[str] = set()
+        for metric in by_scenario[scenario]:
+            cells = metric["results"]
+            for name, cell in cells.items():
+                if cell.get("reason") == NOT_APPLICABLE:
+                    continue
+                if targets[name]["status"] in ("failed", "skipped") and cell["status"] != "ok":
+                    if name in unmeasured_shown:
+                        continue
+                    unmeasured_shown.add(name)
+                median, spread = _cell_text(cell, targets[name])
+                unit = f" {metric['unit']}" if cell["status"] == "ok" else ""
+                lines.append(
+                    f"| {metric['title']} | {labels[name]} | {median}{unit} | {spread} | "
+                    f"{_ratio(cell, cells.get(DIRECT)) if name != DIRECT else ''} | "
+                    f"{_ratio(cell, cells.get(SSH_REFERENCE)) if name != SSH_REFERENCE else ''} |"
+                )
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def update_readme(readme: Path, table: str) -> None:
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{readme} lacks the {README_START} / {README_END} markers")
+    readme.write_text(text[: start + len(README_START)] + "\n" + table + text[end:])
+
+
+def write_chart(results: dict[str, Any], path: Path) -> str | None:
+    """A bar chart of the headline rows; None (and no file) when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    metrics = {m["key"]: m for m in results["metrics"]}
+    shown = [metrics[key] for key in CHART_METRICS if key in metrics]
+    if not shown:
+        return None
+    labels = {t["name"]: t["label"] for t in results["targets"]}
+    figure, axes = plt.subplots(2, 3, figsize=(15, 8))
+    for axis, metric in zip(axes.flat, shown, strict=False):
+        names = list(metric["results"])
+        medians, low, high, texts = [], [], [], []
+        for name in names:
+            cell = metric["results"][name]
+            if cell["status"] == "ok":
+                medians.append(cell["median"])
+                low.append(cell["median"] - cell["min"])
+                high.append(cell["max"] - cell["median"])
+                texts.append(format_number(cell["median"]))
+            else:
+                medians.append(0.0)
+                low.append(0.0)
+                high.append(0.0)
+                texts.append(cell["status"])
+        positions = range(len(names))
+        axis.bar(positions, medians, yerr=[low, high], capsize=4, color="#4c72b0")
+        for position, value, text in zip(positions, medians, texts, strict=True):
+            axis.text(position, value, text, ha="center", va="bottom", fontsize=8)
+        axis.set_xticks(list(positions))
+        axis.set_xticklabels([labels[n] for n in names], rotation=20, ha="right", fontsize=8)
+        better = "higher is better" if metric["higher_is_better"] else "lower is better"
+        axis.set_title(f"{metric['title']}\n{metric['unit']}, {better}", fontsize=9)
+    for axis in list(axes.flat)[len(shown) :]:
+        axis.set_visible(False)
+    figure.suptitle(f"tunnelgate bench {results['date']} {results['commit']} ({results['mode']})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path.name
+
+
+def selected_scenarios(only: list[str]) -> set[str]:
+    chosen = {name for name in only if name in SCENARIOS}
+    return chosen or set(SCENARIOS)
