@@ -16,16 +16,18 @@ or the origin (refused, timed out), so an operator knows which side to look at.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Protocol
 
 import trio
 
 from edge.http11 import IncomingRequest, RequestBody, ResponseWriter
+from edge.metrics import EdgeMetrics
 from edge.routes import RouteTable
 from edge.tunnels import TunnelRegistry
 from tunnel.errors import SessionClosed, SessionDraining, StreamLimitReached, StreamReset
-from tunnel.protocol import ErrorCode
+from tunnel.protocol import ErrorCode, Head
 from tunnel.streams import TunnelStream
 
 log = logging.getLogger(__name__)
@@ -43,14 +45,46 @@ HOP_BY_HOP_RESPONSE = frozenset(
     }
 )
 RELAY_CHUNK = 65536
+_RESET_ERROR_KINDS: dict[int, str] = {
+    ErrorCode.ORIGIN_TIMEOUT: "origin_timeout",
+    ErrorCode.ORIGIN_UNREACHABLE: "origin_unreachable",
+    ErrorCode.NO_INGRESS: "no_ingress",
+    ErrorCode.ACCESS_DENIED: "access_denied_by_connector",
+}
+
+
+class AccessGrant(Protocol):
+    """What the Access layer lets through: the identity claims for the stream head, and a
+    guard that runs a long-lived relay only while the grant still holds."""
+
+    @property
+    def identity(self) -> dict[str, object] | None: ...
+
+    async def guard(self, work: Callable[[], Awaitable[None]]) -> None: ...
 
 
 class RequestAuthorizer(Protocol):
-    """The Access layer's hook: returns the identity to send, or answers the request itself."""
+    """The Access layer's hook, run before routing (its endpoints live on every host): a
+    grant to forward with, or None when it answered the request itself."""
 
     async def __call__(
-        self, request: IncomingRequest, respond: ResponseWriter
-    ) -> tuple[bool, dict[str, object] | None]: ...
+        self, request: IncomingRequest, body: RequestBody, respond: ResponseWriter
+    ) -> AccessGrant | None: ...
+
+
+class RemoteForward(Protocol):
+    """Answers a request through another edge that holds the tunnel; False when none could
+    (``edge.cluster_forward.HopClient.forward`` bound to the cluster's view)."""
+
+    async def __call__(
+        self,
+        request: IncomingRequest,
+        body: RequestBody,
+        respond: ResponseWriter,
+        tunnel_id: str,
+        head: dict[str, object],
+        guard: Callable[[Callable[[], Awaitable[None]]], Awaitable[None]] | None,
+    ) -> bool: ...
 
 
 class Proxy:
@@ -60,24 +94,29 @@ class Proxy:
         registry: TunnelRegistry,
         *,
         authorize: RequestAuthorizer | None = None,
+        metrics: EdgeMetrics | None = None,
+        forward: RemoteForward | None = None,
     ) -> None:
         self._routes = routes
         self._registry = registry
         self._authorize = authorize
+        self._metrics = metrics or EdgeMetrics()
+        self._forward = forward
 
     async def handle(
         self, request: IncomingRequest, body: RequestBody, respond: ResponseWriter
     ) -> None:
+        grant: AccessGrant | None = None
+        if self._authorize is not None:
+            grant = await self._authorize(request, body, respond)
+            if grant is None:
+                return
         route = self._routes().lookup(request.host)
         if route is None:
             await respond.error(404, "Unknown host", f"No application is served at {request.host}.",
                                 code="unknown_host")
             return
-        identity: dict[str, object] | None = None
-        if self._authorize is not None:
-            proceed, identity = await self._authorize(request, respond)
-            if not proceed:
-                return
+        identity = grant.identity if grant is not None else None
         head: dict[str, object] = {
             "kind": "http",
             "method": request.method,
@@ -88,8 +127,16 @@ class Proxy:
             "client": request.client_ip,
             "identity": identity,
         }
-        stream = await self._open(route.tunnel_id, head)
+        # A request without a body opens its stream already ended: no DATA frame, no pump.
+        bodiless = not request.has_body and not request.is_websocket_upgrade
+        stream = await self._open(route.tunnel_id, head, end_stream=bodiless)
+        if stream is None and self._forward is not None:
+            # Another edge of the cluster may hold the tunnel (edge.cluster_forward).
+            guard = grant.guard if grant is not None and request.is_websocket_upgrade else None
+            if await self._forward(request, body, respond, route.tunnel_id, head, guard):
+                return
         if stream is None:
+            self._metrics.error("tunnel_offline")
             await respond.error(
                 502,
                 "Tunnel offline",
@@ -100,9 +147,35 @@ class Proxy:
             )
             return
         async with stream:
+            if grant is not None and request.is_websocket_upgrade:
+                await grant.guard(partial(self._exchange, request, body, respond, stream))
+            else:
+                await self._exchange(request, body, respond, stream)
+
+    async def serve_head(
+        self,
+        request: IncomingRequest,
+        body: RequestBody,
+        respond: ResponseWriter,
+        tunnel_id: str,
+        head: dict[str, object],
+    ) -> None:
+        """Serve a request another edge already authorized and forwarded (its signed head),
+        on this edge's own connections only: a request crosses at most one hop."""
+        bodiless = not request.has_body and not request.is_websocket_upgrade
+        stream = await self._open(tunnel_id, head, end_stream=bodiless)
+        if stream is None:
+            self._metrics.error("tunnel_offline")
+            await respond.error(502, "Tunnel offline",
+                                "This edge no longer holds a connection of the tunnel.",
+                                code="tunnel_offline")
+            return
+        async with stream:
             await self._exchange(request, body, respond, stream)
 
-    async def _open(self, tunnel_id: str, head: dict[str, object]) -> TunnelStream | None:
+    async def _open(
+        self, tunnel_id: str, head: dict[str, object], *, end_stream: bool = False
+    ) -> TunnelStream | None:
         # A connection may start draining or die between pick() and open_stream(); try the
         # others before calling the tunnel offline.
         for _attempt in range(4):
@@ -110,7 +183,7 @@ class Proxy:
             if conn is None:
                 return None
             try:
-                return await conn.session.open_stream(head)
+                return await conn.session.open_stream(head, end_stream)
             except (SessionClosed, SessionDraining, StreamLimitReached):
                 continue
         return None
@@ -122,50 +195,90 @@ class Proxy:
         respond: ResponseWriter,
         stream: TunnelStream,
     ) -> None:
+        if not _needs_pump(request):
+            # An upgrade request has no body (its stream stays open for the relay); a request
+            # without a body went out with its head. Nothing runs beside the answer.
+            response, failure = await self._response_head(request, respond, stream)
+            if response is not None:
+                await self._relay_response(request, respond, stream, response)
+            elif failure is not None:
+                await failure()
+            return
+        # A failure page is sent after the nursery: once its scope is cancelled (to stop the
+        # request pump) nothing more can be awaited inside it.
         async with trio.open_nursery() as nursery:
-            if not request.is_websocket_upgrade:
-                # An upgrade request has no body; its stream stays open for the relay.
-                nursery.start_soon(self._pump_request, body, stream)
-            try:
-                response = await stream.receive_head()
-            except StreamReset as reset:
-                nursery.cancel_scope.cancel()
-                await self._origin_error(request, respond, reset.code)
-                return
-            except SessionClosed:
-                nursery.cancel_scope.cancel()
-                await respond.error(502, "Tunnel connection lost",
-                                    "The tunnel connection closed before the origin answered.")
-                return
-            status = int(response.get("status", 502))
-            raw_headers = response.get("headers") or []
-            assert isinstance(raw_headers, list)
-            headers = [
-                (str(n).encode("latin-1"), str(v).encode("latin-1"))
-                for n, v in raw_headers
-                if str(n).lower() not in HOP_BY_HOP_RESPONSE
-            ]
-            if status == 101 and request.is_websocket_upgrade:
-                upgrade_headers = [
-                    (str(n).encode("latin-1"), str(v).encode("latin-1")) for n, v in raw_headers
-                ]
-                client = await respond.upgrade(101, upgrade_headers)
-                nursery.cancel_scope.cancel()
-                await relay(client, stream)
-                return
-            await respond.start(status, headers)
-            try:
-                while True:
-                    chunk = await stream.receive_some(RELAY_CHUNK)
-                    if not chunk:
-                        break
-                    await respond.send(chunk)
-            except (StreamReset, SessionClosed):
-                # Headers are out: the only honest signal left is an aborted connection.
-                log.info("response body aborted host=%s stream=%s", request.host, stream.stream_id)
-                raise
-            await respond.end()
+            nursery.start_soon(self._pump_request, body, stream)
+            response, failure = await self._response_head(request, respond, stream)
+            if response is not None:
+                await self._relay_response(request, respond, stream, response)
             nursery.cancel_scope.cancel()
+        if failure is not None:
+            await failure()
+
+    async def _response_head(
+        self, request: IncomingRequest, respond: ResponseWriter, stream: TunnelStream
+    ) -> tuple[Head | None, Callable[[], Awaitable[None]] | None]:
+        """The response head, or the page to answer with when the stream failed first."""
+        try:
+            return await stream.receive_head(), None
+        except StreamReset as reset:
+            return None, partial(self._origin_error, request, respond, reset.code)
+        except SessionClosed:
+            self._metrics.error("tunnel_connection_lost")
+            return None, partial(
+                respond.error, 502, "Tunnel connection lost",
+                "The tunnel connection closed before the origin answered.",
+                code="tunnel_offline", tunnel=self._tunnel_name(request),
+            )
+
+    def _tunnel_name(self, request: IncomingRequest) -> str | None:
+        route = self._routes().lookup(request.host)
+        return route.tunnel_name if route is not None else None
+
+    async def _relay_response(
+        self,
+        request: IncomingRequest,
+        respond: ResponseWriter,
+        stream: TunnelStream,
+        response: Head,
+    ) -> None:
+        status = int(response.get("status", 502))
+        raw_headers = response.get("headers") or []
+        assert isinstance(raw_headers, list)
+        headers = [
+            (str(n).encode("latin-1"), str(v).encode("latin-1"))
+            for n, v in raw_headers
+            if str(n).lower() not in HOP_BY_HOP_RESPONSE
+        ]
+        if status == 101 and request.is_websocket_upgrade:
+            upgrade_headers = [
+                (str(n).encode("latin-1"), str(v).encode("latin-1")) for n, v in raw_headers
+            ]
+            client = await respond.upgrade(101, upgrade_headers)
+            await relay(client, stream)
+            return
+        # Whatever of the body already arrived goes out with the head; a small response that
+        # arrived whole (the usual case) is answered in one write.
+        first = stream.take_buffered(RELAY_CHUNK)
+        if first:
+            self._metrics.bytes_sent.inc(len(first))
+        if stream.remote_finished:
+            await respond.start(status, headers, body=first, end=True)
+            return
+        await respond.start(status, headers, body=first)
+        try:
+            while True:
+                chunk = await stream.receive_some(RELAY_CHUNK)
+                if not chunk:
+                    break
+                await respond.send(chunk)
+                self._metrics.bytes_sent.inc(len(chunk))
+        except (StreamReset, SessionClosed):
+            # Headers are out: the only honest signal left is an aborted connection.
+            self._metrics.error("response_aborted")
+            log.info("response body aborted host=%s stream=%s", request.host, stream.stream_id)
+            raise
+        await respond.end()
 
     async def _pump_request(self, body: RequestBody, stream: TunnelStream) -> None:
         try:
@@ -173,6 +286,7 @@ class Proxy:
                 chunk = await body.receive_some(RELAY_CHUNK)
                 if not chunk:
                     break
+                self._metrics.bytes_received.inc(len(chunk))
                 await stream.send_all(chunk)
             await stream.send_eof()
         except (StreamReset, SessionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -181,6 +295,7 @@ class Proxy:
     async def _origin_error(
         self, request: IncomingRequest, respond: ResponseWriter, code: int
     ) -> None:
+        self._metrics.error(_RESET_ERROR_KINDS.get(code, "stream_reset"))
         if code == ErrorCode.ORIGIN_TIMEOUT:
             await respond.error(504, "Origin timeout", code="origin_timeout", detail=
                                 f"The origin behind {request.host} did not answer in time.")
@@ -196,6 +311,10 @@ class Proxy:
         else:
             await respond.error(502, "Tunnel stream reset",
                                 f"The tunnel stream was reset (code {code}).")
+
+
+def _needs_pump(request: IncomingRequest) -> bool:
+    return request.has_body and not request.is_websocket_upgrade
 
 
 async def relay(client: trio.abc.Stream, stream: TunnelStream) -> None:
