@@ -78,13 +78,17 @@ def main() -> int:
         if not creds.exists():
             run([cli_bin, *api, "tunnel", "create", "demo", "--credentials-file", str(creds)])
             run([cli_bin, *api, "tunnel", "route", "demo", HOSTNAME])
+        # Idempotent: the sample origin sits behind a one-time PIN login (demo/access.toml).
+        run([edge_bin, "apply", *api, str(ROOT / "demo" / "access.toml")])
         connector, _ = start([cli_bin, "tunnel", "run", "--credentials-file", str(creds),
                               "--edge", f"ws://{listeners['tunnel']}",
                               "--url", f"http://{origin_ready['listen']}",
                               ], "connector")
         procs.append(connector)
         port = str(listeners["public"]).rsplit(":", 1)[1]
-        print(f"\n  Open http://{HOSTNAME}:{port}/  (Ctrl-C stops the demo)\n", flush=True)
+        print(f"\n  Open http://{HOSTNAME}:{port}/ and sign in with any e-mail address: the\n"
+              "  one-time code appears in this terminal (tunnelgate.otp). Ctrl-C stops the demo.\n",
+              flush=True)
         while all(proc.poll() is None for proc in procs):
             signal.pause()
         print("demo: a process exited; stopping the others", flush=True)

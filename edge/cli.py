@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import signal
 import sys
 import time
@@ -34,11 +35,12 @@ from edge.config import (
     EdgeConfig,
     load_edge_config,
     parse_auth_domain,
+    parse_config,
     parse_duration,
     parse_listen_address,
 )
-from edge.store import StoreError
-from edge.store.sqlite import SqliteStore
+from edge.store import StoreError, open_store
+from edge.store.postgres import redact_url
 from tunnel.logging_setup import LOG_FORMATS, configure_logging
 from tunnel.systemd_notify import SystemdNotifier
 
@@ -58,8 +60,8 @@ CONFIG_TEMPLATE = """\
 # Durations are written like "250ms", "30s", "5m", "1h" (or sums such as "1m30s").
 
 [edge]
-id = "edge-1"                # name of this edge in logs and connection records
-state_dir = "."              # where the SQLite store (tunnelgate.db) lives
+id = "edge-1"                # name of this edge in logs and connection records (unique per cluster)
+state_dir = "."              # where the SQLite store (tunnelgate.db) and local secrets live
 
 [listen]
 # Each listener is "HOST:PORT" ("[::1]:PORT" for IPv6); "" disables it (not the tunnel).
@@ -85,7 +87,11 @@ max_body_bytes = 0           # request body cap in bytes (413 above it); 0 = unl
 trusted_proxies = []         # CIDRs whose X-Forwarded-* headers are believed, e.g. ["10.0.0.0/8"]
 
 [store]
-url = ""                     # "" = SQLite in edge.state_dir; "sqlite:PATH" = SQLite at PATH
+url = ""
+# "" = SQLite in edge.state_dir; "sqlite:PATH" = SQLite at PATH;
+# "postgresql://USER@HOST:PORT/DB" = PostgreSQL shared by several edges
+# password_file = "pg.password"   # PostgreSQL password (first line); or use ~/.pgpass
+# migrate_on_start = false        # PostgreSQL: let serve apply migrations (else run migrate)
 
 # HTTPS certificates; the edge picks one by the name the client asks for (SNI).
 # [[tls.certificate]]
@@ -95,6 +101,19 @@ url = ""                     # "" = SQLite in edge.state_dir; "sqlite:PATH" = SQ
 [access]
 auth_domain = "{auth_domain}"  # host that holds the login session, e.g. "auth.example.com"
 """
+
+CLUSTER_BLOCK = """
+[cluster]
+# Several edges on one PostgreSQL. An edge that gets a request for a tunnel it holds no
+# connection for forwards it to an edge that does, over this internal listener.
+listen = "{cluster_listen}"       # internal listener; keep it on a private network
+advertise_url = ""                # how other edges reach it; "" = http://<bound address>
+secret_file = "cluster.secret"    # shared secret of the hop: the SAME file on every edge
+heartbeat_interval = "2s"         # how often this edge refreshes its rows in PostgreSQL
+expiry = "10s"                    # an edge silent this long counts as gone
+resync_interval = "30s"           # full re-read of the store besides LISTEN/NOTIFY
+"""
+CLUSTER_SECRET_FILENAME = "cluster.secret"
 
 
 @click.group()
@@ -151,6 +170,21 @@ def _write_private_file(path: Path, text: str) -> None:
 @click.option("--ops-listen", default=DEFAULT_LISTEN["ops"], show_default=True)
 @click.option("--auth-domain", default="", help="Host of the login session, e.g. auth.example.com.")
 @click.option(
+    "--store",
+    "store_url",
+    default="",
+    metavar="URL",
+    help="postgresql://USER@HOST:PORT/DB to share a store with other edges (default: SQLite in "
+    "DIR). No password here: use store.password_file or ~/.pgpass.",
+)
+@click.option("--edge-id", default="edge-1", show_default=True, help="Name of this edge.")
+@click.option(
+    "--cluster-listen",
+    default="127.0.0.1:7847",
+    show_default=True,
+    help="With --store postgresql://...: where other edges forward requests to this one.",
+)
+@click.option(
     "--force",
     is_flag=True,
     help="Overwrite an existing edge.toml; the store and earlier admin tokens are kept.",
@@ -162,9 +196,18 @@ def init(
     admin_listen: str,
     ops_listen: str,
     auth_domain: str,
+    store_url: str,
+    edge_id: str,
+    cluster_listen: str,
     force: bool,
 ) -> None:
-    """Write a commented edge.toml, create the store and mint an admin token."""
+    """Write a commented edge.toml, create the store and mint an admin token.
+
+    With ``--store postgresql://...`` the edge joins a cluster: the schema is migrated, and
+    ``cluster.secret`` (the forwarding hop's shared secret) is created unless DIR already has
+    one; copy the same file, and ``access-sealing.key``, to every edge of the cluster.
+    """
+    clustered = store_url.startswith(("postgresql://", "postgres://"))
     values = {
         "public": _listen_option(public_listen, "public"),
         "tunnel": _listen_option(tunnel_listen, "tunnel"),
@@ -172,6 +215,11 @@ def init(
         "ops": _listen_option(ops_listen, "ops"),
         "auth_domain": "",
     }
+    try:
+        parse_config({"edge": {"id": edge_id}, "store": {"url": store_url}}, config_dir=directory)
+    except ConfigError as exc:
+        option = "--edge-id" if exc.key_path.startswith("edge") else "--store"
+        raise click.BadParameter(str(exc), param_hint=option) from None
     if auth_domain:
         try:
             values["auth_domain"] = parse_auth_domain(auth_domain, key_path="--auth-domain")
@@ -183,23 +231,37 @@ def init(
     try:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         partial_path = config_path.with_name(CONFIG_FILENAME + ".partial")
-        partial_path.write_text(CONFIG_TEMPLATE.format(**values), encoding="utf-8")
+        text = CONFIG_TEMPLATE.format(**values)
+        text = text.replace('id = "edge-1"      ', f"id = {json.dumps(edge_id):<14}", 1)
+        if store_url:
+            text = text.replace('url = ""\n', f"url = {json.dumps(store_url)}\n", 1)
+        if clustered:
+            listen = _listen_option(cluster_listen, "cluster.listen")
+            text += CLUSTER_BLOCK.format(cluster_listen=listen)
+        partial_path.write_text(text, encoding="utf-8")
         partial_path.replace(config_path)
     except OSError as exc:
         _fail(f"cannot write {config_path}: {exc.strerror or exc}", EXIT_FAILURE)
+    if clustered:
+        secret_path = directory / CLUSTER_SECRET_FILENAME
+        if not secret_path.exists():
+            _write_private_file(secret_path, secrets.token_hex(32) + "\n")
     config = _load_config(config_path)
     token_path = directory / TOKEN_FILENAME
     try:
-        with SqliteStore(config.store_path()) as store:
+        store = open_store(config)
+        try:
             token = store.add_admin_token()
             ensure_signing_key(store, now=time.time())
+        finally:
+            store.close()
         _write_private_file(token_path, token + "\n")
     except StoreError as exc:
         _fail(str(exc), EXIT_FAILURE, hint=exc.hint)
     except OSError as exc:
         _fail(f"cannot write {token_path}: {exc.strerror or exc}", EXIT_FAILURE)
     click.echo(f"Wrote {config_path}")
-    click.echo(f"Store ready at {config.store_path()}")
+    click.echo(f"Store ready at {_store_location(config)}")
     click.echo(f"Admin token (saved to {token_path}, mode 0600; it is not shown again):")
     click.echo("")
     click.echo(f"    {token}")
@@ -305,19 +367,45 @@ def serve(config_path: Path, log_level: str, log_format: str, grace_period: str)
     "--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path)
 )
 def migrate(config_path: Path) -> None:
-    """Apply pending store migrations."""
+    """Apply pending store migrations (SQLite or PostgreSQL)."""
     config = _load_config(config_path)
+    location = _store_location(config)
     try:
-        with SqliteStore(config.store_path(), apply_migrations=False) as store:
+        store = open_store(config, apply_migrations=False)
+        try:
             applied = store.migrate()
             version = store.schema_version()
             ring, created = ensure_signing_key(store, now=time.time())
+        finally:
+            store.close()
     except StoreError as exc:
         _fail(f"store: {exc}", EXIT_FAILURE, hint=exc.hint)
     if created:
         click.echo(f"Generated signing key {ring.active.kid} ({ring.active.algorithm})")
     if applied:
         listed = ", ".join(str(number) for number in applied)
-        click.echo(f"{config.store_path()}: applied migrations {listed}; schema version {version}")
+        click.echo(f"{location}: applied migrations {listed}; schema version {version}")
     else:
-        click.echo(f"{config.store_path()}: up to date (schema version {version})")
+        click.echo(f"{location}: up to date (schema version {version})")
+
+
+def _store_location(config: EdgeConfig) -> str:
+    if config.store.is_postgres:
+        return redact_url(config.store.url)
+    return str(config.store_path())
+
+
+@main.command()
+@click.option(
+    "--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path)
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def status(config_path: Path, as_json: bool) -> None:
+    """Show the store's health, the edges of the cluster and their tunnel connections."""
+    from edge.cluster_status import format_status, read_status
+
+    config = _load_config(config_path)
+    report = read_status(config)
+    click.echo(json.dumps(report, indent=2) if as_json else format_status(report))
+    if not report["store"]["reachable"]:
+        sys.exit(EXIT_FAILURE)

@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_LISTEN",
     "SQLITE_FILENAME",
     "AccessConfig",
+    "ClusterConfig",
     "ConfigError",
     "EdgeConfig",
     "EdgeSection",
@@ -137,10 +138,42 @@ class HttpConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
-    """``url`` as written; ``sqlite_path`` is where the embedded store lives."""
+    """``url`` as written; ``sqlite_path`` is where the embedded store lives.
+
+    With a ``postgresql://`` URL the edge shares a PostgreSQL database with other edges; its
+    password, if any, comes from ``password_file`` (never from the URL in the config, which is
+    not a secret file). ``migrate_on_start`` lets ``serve`` apply pending PostgreSQL migrations
+    itself; otherwise ``tunnelgate-edge migrate`` does (SQLite always migrates on open).
+    """
 
     url: str = ""
     sqlite_path: Path | None = None
+    password_file: Path | None = None
+    migrate_on_start: bool = False
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.url.startswith(("postgresql://", "postgres://"))
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Several edges on one PostgreSQL store.
+
+    ``listen`` is the internal listener other edges forward requests to ("" = this edge does
+    not take forwarded requests); ``advertise_url`` is how they reach it ("" = derived from the
+    bound address). ``secret_file`` holds the shared secret that authenticates the hop.
+    Durations in seconds: heartbeats every ``heartbeat_interval``, a silent edge's connections
+    expire after ``expiry``, and every ``resync_interval`` each edge re-reads the store whatever
+    notifications it got.
+    """
+
+    listen: str = ""
+    advertise_url: str = ""
+    secret_file: Path | None = None
+    heartbeat_interval: float = 2.0
+    expiry: float = 10.0
+    resync_interval: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -171,6 +204,7 @@ class EdgeConfig:
     store: StoreConfig = StoreConfig()
     tls: TlsConfig = TlsConfig()
     access: AccessConfig = AccessConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     def store_path(self) -> Path:
         """The SQLite database file of this edge."""
@@ -357,7 +391,14 @@ def parse_config(document: Mapping[str, object], *, config_dir: Path) -> EdgeCon
     store = _parse_store(root.table("store"), config_dir)
     tls = _parse_tls(root.raw("tls"), config_dir)
     access = _parse_access(root.table("access"))
+    cluster = _parse_cluster(root.table("cluster"), config_dir)
     root.finish()
+    if cluster.listen and not store.is_postgres:
+        raise ConfigError(
+            "cluster.listen",
+            "forwarding between edges needs a shared PostgreSQL store",
+            hint='set store.url = "postgresql://USER@HOST:PORT/DB" or cluster.listen = ""',
+        )
     if listen.public_tls and not tls.certificates:
         raise ConfigError(
             "listen.public_tls",
@@ -373,6 +414,7 @@ def parse_config(document: Mapping[str, object], *, config_dir: Path) -> EdgeCon
         store=store,
         tls=tls,
         access=access,
+        cluster=cluster,
     )
 
 
@@ -471,7 +513,19 @@ def _parse_http(table: _Table) -> HttpConfig:
 
 def _parse_store(table: _Table, config_dir: Path) -> StoreConfig:
     url = table.string("url", "")
+    password_file = table.string("password_file", "")
+    migrate_on_start = table.raw("migrate_on_start")
     table.finish()
+    if migrate_on_start is not None and not isinstance(migrate_on_start, bool):
+        raise ConfigError(
+            table.key_path("migrate_on_start"),
+            f"expected true or false, got {_describe(migrate_on_start)}",
+        )
+    if url.startswith(("postgresql://", "postgres://")):
+        return _postgres_store(table, url, password_file, bool(migrate_on_start), config_dir)
+    for key, given in (("password_file", password_file), ("migrate_on_start", migrate_on_start)):
+        if given:
+            raise ConfigError(table.key_path(key), "only used with a postgresql:// store.url")
     if not url:
         return StoreConfig()
     if url.startswith("sqlite:"):
@@ -479,15 +533,31 @@ def _parse_store(table: _Table, config_dir: Path) -> StoreConfig:
         if not location:
             raise ConfigError(table.key_path("url"), 'expected "sqlite:PATH" with a file path')
         return StoreConfig(url=url, sqlite_path=_resolve(config_dir, location))
-    if url.startswith(("postgresql://", "postgres://")):
+    raise ConfigError(
+        table.key_path("url"),
+        f'expected "" (embedded SQLite), "sqlite:PATH" or "postgresql://USER@HOST:PORT/DB", '
+        f'got "{url}"',
+    )
+
+
+def _postgres_store(
+    table: _Table, url: str, password_file: str, migrate_on_start: bool, config_dir: Path
+) -> StoreConfig:
+    location = url.partition("://")[2]
+    credentials, at, rest = location.rpartition("@")
+    host = rest.partition("/")[0].partition("?")[0]
+    if (at and ":" in credentials) or "password=" in url:
         raise ConfigError(
             table.key_path("url"),
-            "the PostgreSQL store is not available in this version",
-            hint='leave store.url = "" to use the embedded SQLite store in edge.state_dir',
+            "a password does not belong in the URL",
+            hint="put it in a file named by store.password_file (mode 0600), or in ~/.pgpass",
         )
-    raise ConfigError(
-        table.key_path("url"), f'expected "" (embedded SQLite) or "sqlite:PATH", got "{url}"'
-    )
+    if not host and "host=" not in url:
+        raise ConfigError(
+            table.key_path("url"), f'expected "postgresql://USER@HOST:PORT/DB", got "{url}"'
+        )
+    path = _resolve(config_dir, password_file) if password_file else None
+    return StoreConfig(url=url, password_file=path, migrate_on_start=migrate_on_start)
 
 
 def _parse_tls(raw: object | None, config_dir: Path) -> TlsConfig:
@@ -532,6 +602,44 @@ def parse_auth_domain(value: str, *, key_path: str = "access.auth_domain") -> st
     if not port_text.isdigit() or not 0 < int(port_text) < 65536 or port_text.startswith("0"):
         raise ConfigError(key_path, f"invalid port {port_text!r}", hint="write HOST or HOST:PORT")
     return f"{normalized}:{int(port_text)}"
+
+
+def _parse_cluster(table: _Table, config_dir: Path) -> ClusterConfig:
+    defaults = ClusterConfig()
+    listen = table.string("listen", "")
+    if listen:
+        listen = str(parse_listen_address(listen, key_path=table.key_path("listen")))
+    advertise_url = table.string("advertise_url", "")
+    if advertise_url and not advertise_url.startswith("http://"):
+        raise ConfigError(
+            table.key_path("advertise_url"),
+            f'expected "http://HOST:PORT" where other edges reach this one, got "{advertise_url}"',
+        )
+    secret_file = table.string("secret_file", "")
+    heartbeat = table.duration("heartbeat_interval", defaults.heartbeat_interval)
+    expiry = table.duration("expiry", defaults.expiry)
+    resync = table.duration("resync_interval", defaults.resync_interval)
+    table.finish()
+    if listen and not secret_file:
+        raise ConfigError(
+            table.key_path("secret_file"),
+            "the internal listener needs the shared secret that authenticates forwarded requests",
+            hint="write the same 32+ random bytes to this file on every edge (mode 0600)",
+        )
+    if expiry < 2 * heartbeat:
+        raise ConfigError(
+            table.key_path("expiry"),
+            "must be at least twice cluster.heartbeat_interval, or one late heartbeat expires "
+            "an edge that is alive",
+        )
+    return ClusterConfig(
+        listen=listen,
+        advertise_url=advertise_url.rstrip("/"),
+        secret_file=_resolve(config_dir, secret_file) if secret_file else None,
+        heartbeat_interval=heartbeat,
+        expiry=expiry,
+        resync_interval=resync,
+    )
 
 
 def _parse_access(table: _Table) -> AccessConfig:

@@ -177,15 +177,22 @@ class Proxy:
         self, tunnel_id: str, head: dict[str, object], *, end_stream: bool = False
     ) -> TunnelStream | None:
         # A connection may start draining or die between pick() and open_stream(); try the
-        # others before calling the tunnel offline.
+        # others before calling the tunnel offline. A connector that starts draining refuses
+        # streams it had not seen yet (REFUSED_STREAM: never processed); when the head was all
+        # a stream carried, it is retried on another connection, so a rolling restart of
+        # connector replicas loses no request.
         for _attempt in range(4):
             conn = self._registry.pick(tunnel_id)
             if conn is None:
                 return None
             try:
-                return await conn.session.open_stream(head, end_stream)
+                stream = await conn.session.open_stream(head, end_stream)
             except (SessionClosed, SessionDraining, StreamLimitReached):
                 continue
+            if end_stream and await _refused_unprocessed(stream):
+                await stream.aclose()
+                continue
+            return stream
         return None
 
     async def _exchange(
@@ -315,6 +322,18 @@ class Proxy:
 
 def _needs_pump(request: IncomingRequest) -> bool:
     return request.has_body and not request.is_websocket_upgrade
+
+
+async def _refused_unprocessed(stream: TunnelStream) -> bool:
+    """Wait for the response head; True if the connector refused the stream unprocessed.
+    Any other outcome stays on the stream for the exchange to report."""
+    try:
+        await stream.receive_head()
+    except StreamReset as reset:
+        return reset.code == ErrorCode.REFUSED_STREAM
+    except SessionClosed:
+        return False
+    return False
 
 
 async def relay(client: trio.abc.Stream, stream: TunnelStream) -> None:

@@ -3,14 +3,21 @@
     public   HTTP (and HTTPS, certificates chosen by SNI) -> http11 -> proxy -> tunnel stream
     tunnel   connectors dial in here (WebSocket, credential checked before the upgrade)
     admin    the admin API; loopback by default, never shares the public listener
-    ops      /healthz and /ready for load balancers and systemd; metrics later
+    ops      /healthz, /ready and /metrics for load balancers, systemd and Prometheus
 
 The request path reads only in-memory snapshots (`EdgeState.routes`, `EdgeState.credentials`).
 The admin API writes the store, then tells the state to rebuild those snapshots, so a new route
 or a deleted tunnel takes effect on the next request without the request path touching SQLite.
+On a PostgreSQL store (several edges) `edge.cluster.ClusterNode` also listens for the other
+edges' changes and applies them through the same hook, keeps this edge's rows in the connection
+registry, and runs the internal listener that serves requests other edges forward here.
 
-Shutdown: stop accepting, tell connectors to drain (GoAway), give in-flight requests the grace
-period, then cancel what is left.
+Shutdown (`EdgeRuntime.drain`): STOPPING=1 to systemd, stop accepting on every listener but
+ops (/ready turns 503), give in-flight requests the grace period, tell connectors to go away
+(GoAway), then cancel what is left. `EdgeRuntime.shutdown` is the impatient version.
+
+systemd: READY=1 once every listener is bound; WATCHDOG=1 at half of WatchdogSec, each time the
+ops listener answered its own /healthz (or, without one, the event loop turned).
 """
 
 from __future__ import annotations
@@ -18,14 +25,18 @@ from __future__ import annotations
 import json
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import trio
 
+from edge.access.gate import AccessGate
+from edge.access.runtime import AccessRuntime, settings_from_config
 from edge.admin import AdminApi, ChangeEvent, serve_admin
+from edge.cluster import ClusterNode, StoreHealth, open_serving_store
 from edge.config import EdgeConfig
 from edge.http11 import (
     HttpLimits,
@@ -34,15 +45,24 @@ from edge.http11 import (
     ResponseWriter,
     serve_http_connection,
 )
+from edge.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from edge.metrics import EdgeMetrics
 from edge.proxy import Proxy
 from edge.routes import Route, RouteTable
 from edge.store import Store
-from edge.store.sqlite import SqliteStore
 from edge.tunnels import TunnelEndpoint, TunnelEndpointSettings, TunnelRegistry
 from tunnel.protocol import ErrorCode
 from tunnel.session import SessionTiming
+from tunnel.systemd_notify import (
+    SystemdNotifier,
+    event_loop_turns,
+    http_health_check,
+    run_watchdog,
+)
 
 log = logging.getLogger(__name__)
+
+GOAWAY_FLUSH_TIMEOUT = 2.0
 
 
 @dataclass
@@ -73,6 +93,36 @@ class EdgeRuntime:
     state: EdgeState
     registry: TunnelRegistry
     shutdown: Callable[[], None]
+    drain: Callable[[float], Awaitable[None]]
+    """Stop accepting, let in-flight requests finish within the grace period, then stop."""
+    metrics: EdgeMetrics
+    access: AccessRuntime | None = None
+    cluster: ClusterNode | None = None
+    """Several edges on PostgreSQL: the change listener, registry rows and forwarding hop."""
+
+
+class InFlightRequests:
+    """Counts requests being handled, so a drain knows when the last one has finished."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    @contextmanager
+    def track(self) -> Iterator[None]:
+        if self.count == 0:
+            self._idle = trio.Event()
+        self.count += 1
+        try:
+            yield
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
 
 
 def _address(listener: trio.SocketListener) -> str:
@@ -136,17 +186,23 @@ def _certificate_names(path: object) -> set[str]:
 
 
 async def serve_edge(
-    config: EdgeConfig, *, task_status: trio.TaskStatus[EdgeRuntime] = trio.TASK_STATUS_IGNORED
+    config: EdgeConfig,
+    *,
+    notifier: SystemdNotifier | None = None,
+    task_status: trio.TaskStatus[EdgeRuntime] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    store = SqliteStore(config.store_path())
+    store = await trio.to_thread.run_sync(open_serving_store, config)
     try:
-        await _serve(config, store, task_status)
+        await _serve(config, store, notifier or SystemdNotifier(), task_status)
     finally:
         store.close()
 
 
 async def _serve(
-    config: EdgeConfig, store: Store, task_status: trio.TaskStatus[EdgeRuntime]
+    config: EdgeConfig,
+    store: Store,
+    notifier: SystemdNotifier,
+    task_status: trio.TaskStatus[EdgeRuntime],
 ) -> None:
     state = EdgeState(store)
     await trio.to_thread.run_sync(state.reload)
@@ -159,7 +215,15 @@ async def _serve(
     endpoint = TunnelEndpoint(
         registry, lambda: state.credentials, TunnelEndpointSettings(edge_id=edge_id, timing=timing)
     )
-    proxy = Proxy(lambda: state.routes, registry)
+    metrics = EdgeMetrics()
+    metrics.observe_tunnels(registry)
+    access = await AccessRuntime.open(
+        store, settings_from_config(config), state_dir=config.edge.state_dir
+    )
+    node = ClusterNode.create(config, store, registry, metrics)
+    proxy = Proxy(lambda: state.routes, registry, authorize=AccessGate(access), metrics=metrics,
+                  forward=node.forward if node is not None else None)
+    in_flight = InFlightRequests()
     limits = HttpLimits(
         max_header_bytes=config.http.max_header_bytes,
         max_headers=config.http.max_headers,
@@ -176,23 +240,36 @@ async def _serve(
         ("tunnel", config.listen.tunnel),
         ("admin", config.listen.admin),
         ("ops", config.listen.ops),
+        ("internal", config.cluster.listen if node is not None else ""),
     ):
         if address:
             bound[name] = await _bind(address)
     addresses = {name: _address(listener) for name, listener in bound.items()}
     tunnel_url = config.tunnel.public_url or f"ws://{addresses['tunnel']}"
 
-    async def on_change(event: ChangeEvent) -> None:
+    async def apply_changes(events: Sequence[ChangeEvent]) -> None:
+        # One re-read per batch however many changes it holds (a burst of notifications).
         await trio.to_thread.run_sync(state.reload)
-        if event.kind == "tunnel_deleted" and event.tunnel_id:
-            # A permanent refusal stops the connector for good (exit code 3); its credentials
-            # are gone from the store too, so a restarted connector meets a 401.
-            for conn in registry.connections(event.tunnel_id):
-                await conn.session.refuse("tunnel_deleted", "the tunnel was deleted", True)
+        for event in events:
+            await access.on_change(event)
+            if event.kind == "tunnel_deleted" and event.tunnel_id:
+                # A permanent refusal stops the connector for good (exit code 3); its
+                # credentials are gone from the store too, so a restarted connector meets a 401.
+                for conn in registry.connections(event.tunnel_id):
+                    await conn.session.refuse("tunnel_deleted", "the tunnel was deleted", True)
+
+    async def on_change(event: ChangeEvent) -> None:
+        await apply_changes([event])
+
+    async def resync() -> None:
+        await trio.to_thread.run_sync(state.reload)
+        await access.reload_catalog()
 
     admin = AdminApi(
         store,
-        live_connections=lambda: registry.snapshot(edge_id),
+        live_connections=lambda: (
+            node.live_connections(registry) if node is not None else registry.snapshot(edge_id)
+        ),
         edge_url=lambda: tunnel_url,
         on_change=on_change,
     )
@@ -210,18 +287,28 @@ async def _serve(
         async with stream:
             await serve_http_connection(
                 stream,
-                proxy.handle,
+                handle_public,
                 limits=limits,
                 client_ip=_peer_ip(stream),
                 scheme=scheme,
                 trusted_proxies=trusted,
                 server_name=server_name,
+                encoded_slash_allowed=access.allows_encoded_slash,
             )
+
+    async def handle_public(
+        request: IncomingRequest, body: RequestBody, respond: ResponseWriter
+    ) -> None:
+        with in_flight.track():
+            try:
+                await proxy.handle(request, body, respond)
+            finally:
+                metrics.request_finished(respond.status)
 
     async def serve_tunnel(stream: trio.abc.Stream) -> None:
         await endpoint.serve(stream, _peer_ip(stream))
 
-    ops = OpsHandler(registry)
+    ops = OpsHandler(registry, metrics, store_health=node.health if node is not None else None)
 
     async def serve_ops(stream: trio.abc.Stream) -> None:
         async with stream:
@@ -231,35 +318,92 @@ async def _serve(
             )
 
     async with trio.open_nursery() as nursery:
-        listener_scope = trio.CancelScope()
+        listener_scope = trio.CancelScope()  # everything: shutdown() cancels it
+        accept_scope = trio.CancelScope()  # accepting new connections: a drain cancels it
+        accepting_stopped = trio.Event()  # set once those listening sockets are closed
 
         def shutdown() -> None:
             endpoint.accepting = False
             listener_scope.cancel()
 
+        async def drain(grace_period: float) -> None:
+            if ops.draining:
+                return
+            ops.draining = True
+            endpoint.accepting = False
+            accept_scope.cancel()
+            with trio.move_on_after(GOAWAY_FLUSH_TIMEOUT):
+                await accepting_stopped.wait()
+            notifier.stopping(f"draining, {in_flight.count} requests in flight")
+            log.info("edge draining edge=%s in_flight=%d grace=%gs",
+                     edge_id, in_flight.count, grace_period)
+            with trio.move_on_after(grace_period) as grace:
+                await in_flight.wait_idle()
+            if grace.cancelled_caught:
+                log.warning("edge grace period over edge=%s cut=%d", edge_id, in_flight.count)
+            if node is not None:
+                await node.membership.retire()
+            sessions = [conn.session for conn in registry.all()]
+            for session in sessions:
+                session.go_away(ErrorCode.NO_ERROR, "edge shutting down")
+            with trio.move_on_after(GOAWAY_FLUSH_TIMEOUT):
+                for session in sessions:
+                    await session.wait_closed()
+            log.info("edge drained edge=%s", edge_id)
+            shutdown()
+
         async def run_listeners() -> None:
             with listener_scope:
-                async with trio.open_nursery() as listeners:
-                    if "public" in bound:
-                        listeners.start_soon(
-                            _serve_listener, bound["public"], partial(serve_public, scheme="http")
-                        )
-                    if "public_tls" in bound and tls_context is not None:
-                        listeners.start_soon(
-                            _serve_listener,
-                            trio.SSLListener(bound["public_tls"], tls_context, https_compatible=True),
-                            partial(serve_public, scheme="https"),
-                        )
-                    listeners.start_soon(_serve_listener, bound["tunnel"], serve_tunnel)
-                    if "admin" in bound:
-                        listeners.start_soon(serve_admin, bound["admin"], admin)
+                # Handlers run in `connections`, accept loops in `accepting`: a drain stops the
+                # accept loops (closing those sockets) while accepted connections carry on.
+                async with trio.open_nursery() as connections:
                     if "ops" in bound:
-                        listeners.start_soon(_serve_listener, bound["ops"], serve_ops)
+                        connections.start_soon(_serve_listener, bound["ops"], serve_ops)
+                    with accept_scope:
+                        async with trio.open_nursery() as accepting:
+                            if "public" in bound:
+                                accepting.start_soon(
+                                    _serve_listener, bound["public"],
+                                    partial(serve_public, scheme="http"), connections,
+                                )
+                            if "public_tls" in bound and tls_context is not None:
+                                accepting.start_soon(
+                                    _serve_listener,
+                                    trio.SSLListener(
+                                        bound["public_tls"], tls_context, https_compatible=True
+                                    ),
+                                    partial(serve_public, scheme="https"),
+                                    connections,
+                                )
+                            accepting.start_soon(
+                                _serve_listener, bound["tunnel"], serve_tunnel, connections
+                            )
+                            if "admin" in bound:
+                                accepting.start_soon(serve_admin, bound["admin"], admin)
+                            if "internal" in bound and node is not None:
+                                accepting.start_soon(
+                                    _serve_listener, bound["internal"],
+                                    partial(node.serve_internal, proxy=proxy, limits=limits),
+                                    connections,
+                                )
+                    accepting_stopped.set()
             nursery.cancel_scope.cancel()
 
+        await nursery.start(access.run)
+        if node is not None:
+            internal = config.cluster.advertise_url or (
+                f"http://{addresses['internal']}" if "internal" in addresses else ""
+            )
+            await nursery.start(partial(node.run, internal_url=internal,
+                                        apply_changes=apply_changes, resync=resync))
         nursery.start_soon(run_listeners)
+        health = http_health_check(addresses["ops"]) if "ops" in addresses else event_loop_turns
+        nursery.start_soon(run_watchdog, notifier, health)
         log.info("edge ready edge=%s listeners=%s", edge_id, json.dumps(addresses))
-        task_status.started(EdgeRuntime(addresses, state, registry, shutdown))
+        notifier.ready(f"serving edge {edge_id}")
+        task_status.started(
+            EdgeRuntime(addresses, state, registry, shutdown, drain, metrics, access, node)
+        )
 
 
 def _sni(stream: trio.SSLStream[trio.abc.Stream]) -> str | None:
@@ -271,6 +415,7 @@ def _sni(stream: trio.SSLStream[trio.abc.Stream]) -> str | None:
 async def _serve_listener(
     listener: trio.abc.Listener[Any],
     handler: Callable[[Any], Awaitable[None]],
+    handler_nursery: trio.Nursery | None = None,
 ) -> None:
     async def guarded(stream: Any) -> None:
         try:
@@ -280,14 +425,24 @@ async def _serve_listener(
         except Exception:
             log.exception("connection handler failed")
 
-    await trio.serve_listeners(guarded, [listener])
+    await trio.serve_listeners(guarded, [listener], handler_nursery=handler_nursery)
 
 
 class OpsHandler:
-    """`/healthz` (the process serves) and `/ready` (it holds tunnel connections)."""
+    """`/healthz` (the process serves), `/ready` (it takes traffic: 503 once draining, so a
+    load balancer moves on) and `/metrics` (Prometheus)."""
 
-    def __init__(self, registry: TunnelRegistry) -> None:
+    def __init__(
+        self,
+        registry: TunnelRegistry,
+        metrics: EdgeMetrics,
+        *,
+        store_health: StoreHealth | None = None,
+    ) -> None:
         self._registry = registry
+        self._metrics = metrics
+        self._store_health = store_health
+        self.draining = False
 
     async def handle(
         self, request: IncomingRequest, body: RequestBody, respond: ResponseWriter
@@ -295,9 +450,26 @@ class OpsHandler:
         if request.path == "/healthz":
             await _json(respond, 200, {"status": "ok"})
         elif request.path == "/ready":
-            await _json(respond, 200, {"status": "ready", "connections": len(self._registry)})
+            if self.draining:
+                await _json(respond, 503, {"status": "draining",
+                                           "connections": len(self._registry)})
+            else:
+                ready: dict[str, object] = {"status": "ready", "connections": len(self._registry)}
+                if self._store_health is not None:
+                    # Still ready without the store: the edge serves from memory, and every
+                    # edge of a cluster shares the store, so failing here would fail them all.
+                    ready["store"] = self._store_health.report()
+                await _json(respond, 200, ready)
+        elif request.path == "/metrics":
+            data = self._metrics.exposition()
+            await respond.start(200, [(b"content-type", METRICS_CONTENT_TYPE.encode()),
+                                      (b"content-length", str(len(data)).encode())])
+            await respond.send(data)
+            await respond.end()
         else:
-            await respond.error(404, "Not found", "The ops listener serves /healthz and /ready.")
+            await respond.error(
+                404, "Not found", "The ops listener serves /healthz, /ready and /metrics."
+            )
 
 
 async def _json(respond: ResponseWriter, status: int, payload: object) -> None:

@@ -382,19 +382,24 @@ class TokenMinter:
         active = self._keyring.active
         cache_key = (session_id, aud, token_type)
         cached = self._cache.get(cache_key)
+        expires_at = now + lifetime
+        if session_expires_at is not None:
+            expires_at = min(expires_at, session_expires_at)
         if (
             cached is not None
             and cached.identity == identity
             and cached.identity_nonce == identity_nonce
             and cached.kid == active.kid
             and cached.lifetime == lifetime
-            and cached.expires_at - now > REUSE_UNTIL_REMAINING * lifetime
+            and cached.expires_at > now
+            and (
+                cached.expires_at - now > REUSE_UNTIL_REMAINING * lifetime
+                # Near the end of its session a fresh token would not live any longer.
+                or cached.expires_at >= int(expires_at)
+            )
         ):
             self._cache.move_to_end(cache_key)
             return cached.token
-        expires_at = now + lifetime
-        if session_expires_at is not None:
-            expires_at = min(expires_at, session_expires_at)
         claims = self._claims(identity, identity_nonce, aud, token_type, int(now), int(expires_at))
         token = jwt.encode(
             claims,

@@ -275,7 +275,7 @@ def test_port_zero_listeners_may_repeat(tmp_path: Path) -> None:
         ('[tunnel]\npublic_url = "http://edge"\n', "tunnel.public_url: "),
         ('[tunnel]\npublic_url = "wss://"\n', "tunnel.public_url: "),
         ('[tunnel]\nheartbeat_timeout = "5s"\n', "tunnel.heartbeat_timeout: must be longer"),
-        ('[store]\nurl = "postgresql://db/edge"\n', "store.url: the PostgreSQL store"),
+        ('[store]\nurl = "postgresql://u:pw@db/edge"\n', "store.url: a password does not belong"),
         ('[store]\nurl = "mysql://db"\n', "store.url: "),
         ('[store]\nurl = "sqlite:"\n', "store.url: "),
         ('[access]\nauth_domain = "*.example.com"\n', "access.auth_domain: "),

@@ -1,0 +1,391 @@
+"""The per-request Access check, run before routing on every public request.
+
+For every request, whatever its host:
+
+1. the client's copies of identity headers (ours and the usual gateway ones, compared after
+   name normalisation, so ``Cf_Access_Jwt_Assertion`` and ``cf-access-jwt-assertion `` are the
+   same header) and of our cookies are removed; ``edge.forwarding`` already removed hop-by-hop
+   headers, including those the client named in ``Connection``, and identity headers are only
+   added after that, so a client can never choose which of ours disappear;
+2. paths under the Access prefix are answered by :class:`edge.access.flow.AccessFlow`;
+3. the application for the canonical host and path decides: none means the request passes
+   without identity; otherwise the service-token headers (constant-time) or the app cookie
+   (an app JWT, verified once per token and then only checked for expiry, with its session
+   looked up in memory on every request) give the identity, and ``decide()`` the outcome.
+
+Outcomes: allowed requests get the app token in the app's assertion header (minted per session
+and app, reused until near expiry) and the e-mail header, and the token's claims travel in the
+stream head; a visitor without a valid session is redirected to the auth domain's login (or
+gets 401 JSON for ``fetch``/XHR); a denied person gets the 403 page, never a redirect. Every
+decision goes to the audit trail without waiting on the store.
+
+WebSocket upgrades are also refused when the app does not allow them or, for cookie-based
+sessions, when ``Origin`` is missing or foreign; a granted upgrade carries a guard that closes
+the stream when its session ends, its app is revoked, or the policy stops granting it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import trio
+
+from edge.access.catalog import CatalogApp
+from edge.access.flow import AccessFlow, login_url
+from edge.access.identity import Identity, RequestFacts
+from edge.access.pages import denied_page
+from edge.access.policy import Decision, decide
+from edge.access.responses import (
+    client_facts,
+    send_json,
+    send_page,
+    send_redirect,
+    wants_json_answer,
+)
+from edge.access.runtime import AccessRuntime, normalise_cookie_name
+from edge.access.sessions import AppSession, GlobalSession, cookie_values
+from edge.forwarding import normalise_header_name
+from edge.http11 import IncomingRequest, RequestBody, ResponseWriter
+
+__all__ = ["AccessGate", "AccessGrant", "ScrubbedHeaders", "scrub_headers", "split_headers"]
+
+log = logging.getLogger(__name__)
+
+_COOKIE = b"cookie"
+_CLIENT_ID = b"cf-access-client-id"
+_CLIENT_SECRET = b"cf-access-client-secret"
+MAX_COOKIE_CANDIDATES = 4
+
+
+@dataclass(frozen=True)
+class AccessGrant:
+    """What a forwarded request carries: the identity claims, and for long-lived streams a
+    way to end them when the grant stops holding."""
+
+    identity: dict[str, object] | None = None
+    still_valid: Callable[[], bool] | None = None
+    runtime: AccessRuntime | None = None
+
+    async def guard(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` (a relay), cancelling it as soon as the grant no longer holds."""
+        if self.still_valid is None or self.runtime is None:
+            await work()
+            return
+        runtime, still_valid = self.runtime, self.still_valid
+
+        async with trio.open_nursery() as nursery:
+
+            async def run_work() -> None:
+                await work()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run_work)
+            while True:
+                with trio.move_on_after(runtime.settings.recheck_interval):
+                    await runtime.changed().wait()
+                if not still_valid():
+                    log.info("closing a stream whose access grant ended")
+                    nursery.cancel_scope.cancel()
+                    return
+
+
+OPEN_GRANT = AccessGrant()
+
+
+def _strip_cookie_pairs(value: bytes, ours: frozenset[str]) -> bytes:
+    kept = [
+        piece
+        for piece in value.split(b";")
+        if piece.strip()
+        and normalise_cookie_name(piece.split(b"=", 1)[0].decode("latin-1")) not in ours
+    ]
+    return b";".join(kept).strip()
+
+
+@dataclass(slots=True)
+class ScrubbedHeaders:
+    """A request's headers without identity headers and our cookies, plus what Access reads
+    from the client's originals: every ``Cookie`` value and the service-token credentials."""
+
+    kept: list[tuple[bytes, bytes]]
+    cookies: list[bytes]
+    client_id: bytes | None = None
+    client_secret: bytes | None = None
+
+
+def split_headers(
+    headers: Sequence[tuple[bytes, bytes]],
+    identity_headers: frozenset[bytes],
+    cookies: frozenset[str],
+) -> ScrubbedHeaders:
+    """One pass over the client's headers (names normalised): scrub, and keep what we read."""
+    result = ScrubbedHeaders([], [])
+    for name, value in headers:
+        normalised = normalise_header_name(name)
+        if normalised == _COOKIE:
+            result.cookies.append(value)
+            value = _strip_cookie_pairs(value, cookies)
+            if not value:
+                continue
+        elif normalised in identity_headers:
+            if normalised == _CLIENT_ID and result.client_id is None:
+                result.client_id = value
+            elif normalised == _CLIENT_SECRET and result.client_secret is None:
+                result.client_secret = value
+            continue
+        result.kept.append((name, value))
+    return result
+
+
+def scrub_headers(
+    headers: Sequence[tuple[bytes, bytes]],
+    identity_headers: frozenset[bytes],
+    cookies: frozenset[str],
+) -> list[tuple[bytes, bytes]]:
+    """The headers without any identity header and without our cookies (names normalised)."""
+    return split_headers(headers, identity_headers, cookies).kept
+
+
+@dataclass(frozen=True, slots=True)
+class _Signin:
+    session: GlobalSession
+    app_session: AppSession
+
+
+class AccessGate:
+    """``await gate(request, body, respond)`` -> an :class:`AccessGrant`, or None once the
+    gate answered the request itself (login redirect, denial, an Access endpoint)."""
+
+    def __init__(self, runtime: AccessRuntime) -> None:
+        self._rt = runtime
+        self.flow = AccessFlow(runtime)
+
+    async def __call__(
+        self, request: IncomingRequest, body: RequestBody, respond: ResponseWriter
+    ) -> AccessGrant | None:
+        rt = self._rt
+        scrubbed = split_headers(request.headers, rt.strip_headers, rt.strip_cookies)
+        request.headers = scrubbed.kept
+        cookie_headers = scrubbed.cookies
+        client_id, client_secret = scrubbed.client_id, scrubbed.client_secret
+        if self.flow.owns(request.path):
+            await self.flow.handle(request, body, respond, cookie_headers)
+            return None
+        app = rt.catalog.app_for(request.host, request.path)
+        if app is None:
+            return OPEN_GRANT
+        if client_id is not None or client_secret is not None:
+            return await self._service_token(request, respond, app, client_id, client_secret)
+        signin = self._signin(app, cookie_headers)
+        identity = signin.session.identity if signin is not None else None
+        facts = client_facts(request)
+        decision = decide(identity, app.policies, facts)
+        self._audit(request, app, decision, identity)
+        if decision.action == "bypass":
+            return OPEN_GRANT
+        if decision.action == "authenticate" or identity is None or signin is None:
+            await self._authenticate(request, respond, app)
+            return None
+        if not decision.granted:
+            await self._deny(request, respond, app, identity, decision.reason)
+            return None
+        refusal = self._websocket_refusal(request, app, cookie_based=True)
+        if refusal is not None:
+            await self._deny(request, respond, app, identity, refusal)
+            return None
+        token = rt.app_token(signin.session, app, signin.app_session)
+        verified = rt.verify_app_token(token, app.aud)
+        claims = dict(verified.claims) if verified is not None else None
+        request.headers.append((app.spec.header_name.encode("ascii"), token.encode("ascii")))
+        if identity.email:
+            request.headers.append(
+                (app.spec.email_header_name.encode("ascii"), identity.email.encode("utf-8"))
+            )
+        still_valid = None
+        if request.is_websocket_upgrade:
+            still_valid = self._session_check(signin, app.aud, facts)
+        return AccessGrant(claims, still_valid, rt)
+
+    # -- identity ------------------------------------------------------------------------
+
+    def _signin(self, app: CatalogApp, cookie_headers: list[bytes]) -> _Signin | None:
+        """The live session behind the first valid app cookie, if any."""
+        if not cookie_headers:
+            return None
+        rt = self._rt
+        for value in cookie_values(cookie_headers, app.spec.cookie_name)[:MAX_COOKIE_CANDIDATES]:
+            verified = rt.verify_app_token(value, app.aud)
+            if verified is None:
+                continue
+            session = rt.sessions.get_by_nonce(verified.nonce)
+            if session is None:
+                continue
+            app_session = rt.sessions.check_app_session(session.id, app.aud)
+            if app_session is None or rt.catalog.is_revoked(
+                email=session.identity.email, aud=app.aud, created_at=session.created_at
+            ):
+                continue
+            return _Signin(session, app_session)
+        return None
+
+    def _session_check(
+        self, signin: _Signin, aud: str, facts: RequestFacts
+    ) -> Callable[[], bool]:
+        rt = self._rt
+        session_id = signin.session.id
+
+        def still_valid() -> bool:
+            session = rt.sessions.get(session_id)
+            app = rt.catalog.app_by_aud(aud)
+            if session is None or app is None:
+                return False
+            if rt.sessions.check_app_session(session_id, aud) is None:
+                return False
+            if rt.catalog.is_revoked(
+                email=session.identity.email, aud=aud, created_at=session.created_at
+            ):
+                return False
+            return decide(session.identity, app.policies, facts).granted
+
+        return still_valid
+
+    async def _service_token(
+        self,
+        request: IncomingRequest,
+        respond: ResponseWriter,
+        app: CatalogApp,
+        client_id: bytes | None,
+        client_secret: bytes | None,
+    ) -> AccessGrant | None:
+        rt = self._rt
+        now = rt.clock()
+        client_id_text = (client_id or b"").decode("latin-1").strip()
+        secret_text = (client_secret or b"").decode("latin-1").strip()
+        entry = rt.catalog.verify_service_token(client_id_text, secret_text, now=now)
+        if entry is None:
+            self._audit_raw(request, app, "deny", "service_token_invalid", None, None)
+            await send_json(respond, 401, {"error": "service_token_invalid"})
+            return None
+        identity = Identity.for_service_token(entry.name, issued_at=now)
+        facts = client_facts(request)
+        decision = decide(identity, app.policies, facts)
+        self._audit(request, app, decision, identity)
+        if decision.action == "bypass":
+            return OPEN_GRANT
+        if not decision.granted:
+            await send_json(respond, 403, {"error": "access_denied", "reason": decision.reason})
+            return None
+        refusal = self._websocket_refusal(request, app, cookie_based=False)
+        if refusal is not None:
+            await send_json(respond, 403, {"error": "access_denied", "reason": refusal})
+            return None
+        token = rt.service_token_jwt(identity, entry.client_id, app, entry.expires_at)
+        verified = rt.verify_app_token(token, app.aud)
+        request.headers.append((app.spec.header_name.encode("ascii"), token.encode("ascii")))
+        still_valid = None
+        if request.is_websocket_upgrade:
+            aud, client = app.aud, entry.client_id
+
+            def still_valid() -> bool:
+                current = rt.catalog.app_by_aud(aud)
+                if current is None:
+                    return False
+                if rt.catalog.verify_service_token(client, secret_text, now=rt.clock()) is None:
+                    return False
+                return decide(identity, current.policies, facts).granted
+
+        claims = dict(verified.claims) if verified is not None else None
+        return AccessGrant(claims, still_valid, rt)
+
+    # -- answers -------------------------------------------------------------------------
+
+    def _websocket_refusal(
+        self, request: IncomingRequest, app: CatalogApp, *, cookie_based: bool
+    ) -> str | None:
+        if not request.is_websocket_upgrade:
+            return None
+        if not app.spec.allow_websockets:
+            return "websockets_not_allowed"
+        if not cookie_based:
+            return None
+        origin = request.header(b"origin")
+        if origin is None:
+            return "websocket_origin_missing"
+        parts = urlsplit(origin.decode("latin-1").strip())
+        port = parts.port if parts.port is not None else None
+        expected_port = request.port
+        same = (
+            parts.scheme == request.scheme
+            and (parts.hostname or "") == request.host
+            and port == expected_port
+        )
+        return None if same else "websocket_origin_foreign"
+
+    async def _authenticate(
+        self, request: IncomingRequest, respond: ResponseWriter, app: CatalogApp
+    ) -> None:
+        configured = bool(self._rt.settings.auth_domain)
+        if wants_json_answer(request):
+            login = login_url(self._rt, request, app) if configured else None
+            await send_json(respond, 401, {"error": "not_authenticated", "login": login})
+            return
+        if not configured:
+            await respond.error(
+                503, "Sign-in is not set up",
+                "This application needs a login, but the gateway has no auth domain configured.",
+            )
+            return
+        await send_redirect(respond, login_url(self._rt, request, app))
+
+    async def _deny(
+        self,
+        request: IncomingRequest,
+        respond: ResponseWriter,
+        app: CatalogApp,
+        identity: Identity,
+        reason: str,
+    ) -> None:
+        if reason == "no_policy_matched" and not identity.email_verified:
+            reason = "email_unverified"
+        if wants_json_answer(request):
+            await send_json(respond, 403, {"error": "access_denied", "reason": reason})
+            return
+        prefix = self._rt.settings.prefix.rstrip("/")
+        page = denied_page(app.name, identity.email, reason, f"{prefix}/logout",
+                           request.request_id)
+        await send_page(respond, 403, page)
+
+    def _audit(
+        self,
+        request: IncomingRequest,
+        app: CatalogApp,
+        decision: Decision,
+        identity: Identity | None,
+    ) -> None:
+        self._audit_raw(request, app, decision.action, decision.reason, decision.policy,
+                        identity)
+
+    def _audit_raw(
+        self,
+        request: IncomingRequest,
+        app: CatalogApp,
+        action: str,
+        reason: str,
+        policy: str | None,
+        identity: Identity | None,
+    ) -> None:
+        self._rt.audit_decision(
+            app,
+            client_ip=request.client_ip,
+            action=action,
+            reason=reason,
+            policy=policy,
+            identity=identity,
+            host=request.host,
+            path=request.path,
+            request_id=request.request_id,
+        )
+
