@@ -18,12 +18,13 @@ import sys
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote
 
 import click
 import httpx
 
+from connector.access_cli import access
 from connector.config import (
     DEFAULT_GRACE_PERIOD,
     DEFAULT_HA_CONNECTIONS,
@@ -43,6 +44,10 @@ from connector.config import (
 )
 from connector.errors import AdminApiError, AdminApiUnreachable, ConfigError, ConnectorError
 from connector.ingress import IngressTable, OriginRequest
+from tunnel.logging_setup import LOG_FORMATS, configure_logging, remember_secret
+
+if TYPE_CHECKING:
+    from connector.supervisor import ReloadResult
 
 log = logging.getLogger(__name__)
 
@@ -153,26 +158,6 @@ class GlobalOptions:
             self._client.close()
 
 
-class JsonLogFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": self.formatTime(record), "level": record.levelname.lower(),
-                 "logger": record.name, "message": record.getMessage()}
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def configure_logging(level: str, log_format: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(JsonLogFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-
-
 def _options(ctx: click.Context) -> GlobalOptions:
     return ctx.find_object(GlobalOptions) or GlobalOptions(None, None, "info", "text")
 
@@ -185,7 +170,8 @@ def _options(ctx: click.Context) -> GlobalOptions:
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--log-format", default="text", show_default=True,
-              type=click.Choice(["text", "json"]))
+              type=click.Choice(LOG_FORMATS),
+              help="text: key=value lines (journald); json: one object per line.")
 @click.pass_context
 def cli(ctx: click.Context, api: str | None, api_token_file: Path | None, log_level: str,
         log_format: str) -> None:
@@ -470,8 +456,10 @@ def run(ctx: click.Context, name: str | None, credentials_file: Path | None,
     import trio
 
     from connector.supervisor import ConnectorState, run_connector
+    from tunnel.systemd_notify import SystemdNotifier
 
     configure_logging(settings.log_level, settings.log_format)
+    remember_secret(settings.credentials.secret)
     log.info("starting tunnel %s (%s) connector=%s connections=%d edges=%s",
              settings.credentials.tunnel_name, settings.credentials.tunnel_id,
              settings.connector_id, settings.ha_connections, ",".join(settings.edges))
@@ -482,7 +470,24 @@ def run(ctx: click.Context, name: str | None, credentials_file: Path | None,
                                "connector_id": settings.connector_id}))
         sys.stdout.flush()
 
-    ctx.exit(trio.run(partial(run_connector, settings, on_ready=announce_ready)))
+    def announce_metrics(address: str) -> None:
+        click.echo(json.dumps({"event": "metrics", "address": address}))
+        sys.stdout.flush()
+
+    def announce_reload(result: ReloadResult) -> None:
+        click.echo(json.dumps({"event": "reload", "ok": result.ok, "rules": result.rules,
+                               "error": result.error}))
+        sys.stdout.flush()
+
+    # SIGHUP re-reads the rules from the file they came from (not when --url gave them).
+    reload_path = None
+    if url is None:
+        reload_path = config_path or next(
+            (candidate for candidate in default_config_paths() if candidate.is_file()), None)
+    ctx.exit(trio.run(partial(
+        run_connector, settings, on_ready=announce_ready, on_metrics=announce_metrics,
+        on_reload=announce_reload, config_path=reload_path,
+        notifier=SystemdNotifier.from_environment())))
 
 
 @tunnel.group(cls=CliGroup)
@@ -513,6 +518,63 @@ def ingress_rule(url: str, config_path: Path | None) -> None:
         raise ConfigError("ingress", f"{config.path} has no [[ingress]] rules")
     click.echo(f"Using rules from {config.path}")
     click.echo(config.ingress.explain(url))
+
+
+@cli.group(cls=CliGroup)
+def service() -> None:
+    """Install the connector as a systemd service."""
+
+
+@service.command("install")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("/"),
+              show_default=True, help="Install under this folder instead of /.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Connector config to install [default: ~/.tunnelgate/config.toml].")
+@click.option("--credentials-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Tunnel credential to install [default: the config's credentials-file].")
+def service_install(root: Path, config_path: Path | None,
+                    credentials_file: Path | None) -> None:
+    """Write the unit, the config and the credential (0600); print the systemctl commands."""
+    from connector.service import install_service, systemctl_commands
+
+    config = find_config(config_path, required=True)
+    assert config is not None
+    files = install_service(root=root, config_file=config.path,
+                            credentials_file=credentials_file)
+    click.echo(f"Wrote {files.unit} (0644)")
+    click.echo(f"Wrote {files.config} (0644)")
+    click.echo(f"Wrote {files.credentials} (0600)")
+    if root.resolve() != Path("/"):
+        click.echo(f"Installed under {root}; systemctl was not run.")
+    click.echo("Start the service with:")
+    for command in systemctl_commands():
+        click.echo(f"  {command}")
+
+
+@service.command("uninstall")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("/"),
+              show_default=True, help="Remove from under this folder instead of /.")
+def service_uninstall(root: Path) -> None:
+    """Stop and disable the service (only without --root), then remove its files."""
+    import shutil
+    import subprocess
+
+    from connector.service import UNIT_NAME, uninstall_service
+
+    live_system = root.resolve() == Path("/")
+    systemctl = shutil.which("systemctl") if live_system else None
+    if systemctl is not None:
+        subprocess.run([systemctl, "disable", "--now", UNIT_NAME], check=False)
+    removed = uninstall_service(root=root)
+    for path in removed:
+        click.echo(f"Removed {path}")
+    if not removed:
+        click.echo(f"Nothing to remove under {root}")
+    if systemctl is not None:
+        subprocess.run([systemctl, "daemon-reload"], check=False)
+
+
+cli.add_command(access)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -25,6 +25,7 @@ import trio
 from edge.http11 import IncomingRequest, RequestBody, ResponseWriter
 from edge.metrics import EdgeMetrics
 from edge.routes import RouteTable
+from edge.tcp_access import is_tcp_request, is_tcp_stream, relay_tcp_over_websocket, tcp_head
 from edge.tunnels import TunnelRegistry
 from tunnel.errors import SessionClosed, SessionDraining, StreamLimitReached, StreamReset
 from tunnel.protocol import ErrorCode, Head
@@ -127,6 +128,8 @@ class Proxy:
             "client": request.client_ip,
             "identity": identity,
         }
+        if is_tcp_request(request):
+            head = tcp_head(request, identity)
         # A request without a body opens its stream already ended: no DATA frame, no pump.
         bodiless = not request.has_body and not request.is_websocket_upgrade
         stream = await self._open(route.tunnel_id, head, end_stream=bodiless)
@@ -250,6 +253,9 @@ class Proxy:
         response: Head,
     ) -> None:
         status = int(response.get("status", 502))
+        if status == 200 and request.is_websocket_upgrade and is_tcp_stream(stream):
+            await relay_tcp_over_websocket(request, respond, stream)
+            return
         raw_headers = response.get("headers") or []
         assert isinstance(raw_headers, list)
         headers = [

@@ -69,9 +69,12 @@ class TunnelRegistry:
         self._by_tunnel: dict[str, list[LiveConnection]] = {}
         self._turn = itertools.count()
         self.changed = trio.Event()
+        self.registrations = 0
+        """Connections registered since start; read by the metrics."""
 
     def add(self, conn: LiveConnection) -> None:
         self._by_tunnel.setdefault(conn.tunnel_id, []).append(conn)
+        self.registrations += 1
         self._notify()
 
     def remove(self, conn: LiveConnection) -> None:
