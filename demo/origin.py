@@ -19,7 +19,8 @@ PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tunnelgate demo origin</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem}}
 table{{border-collapse:collapse;width:100%}}td,th{{border:1px solid #ccc;padding:.3rem .5rem;
-text-align:left;vertical-align:top;font-family:monospace;word-break:break-all}}</style></head>
+text-align:left;vertical-align:top;font-family:monospace;word-break:break-all}}
+td:first-child{{white-space:nowrap;word-break:normal;width:1%}}</style></head>
 <body><h1>Hello from a private origin</h1>
 <p>This page is served by a process that listens only on <code>{listen}</code>. You reached it
 through the tunnelgate edge and the connector's outbound tunnel.</p>
