@@ -22,6 +22,15 @@ command -v ip >/dev/null || apt_install "ip (iproute2)" iproute2
 command -v node >/dev/null || fail "node (Node.js 20+) is needed for the test identity provider: apt-get install nodejs npm"
 command -v npm >/dev/null || fail "npm is needed for the test identity provider: apt-get install npm"
 
+# PostgreSQL for the multi-edge store tests: use TUNNELGATE_TEST_POSTGRES, or the local server.
+if [ -z "${TUNNELGATE_TEST_POSTGRES:-}" ] && command -v pg_isready >/dev/null \
+        && ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    if [ "$(id -u)" = 0 ] && command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+        echo "starting the local PostgreSQL cluster ..."
+        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+    fi
+fi
+
 if [ -f tests/idp/package-lock.json ]; then
     if [ ! -d tests/idp/node_modules ] || [ tests/idp/package-lock.json -nt tests/idp/node_modules ]; then
         echo "installing the test identity provider (npm ci in tests/idp) ..."

@@ -4,7 +4,7 @@ The request path never reads the store: the edge keeps a route table and the tun
 hashes in memory and rebuilds them when the admin API reports a change. So the interface is
 synchronous (SQLite is local and fast) and the admin path calls it through
 ``trio.to_thread.run_sync``. Backends: :class:`edge.store.sqlite.SqliteStore` (embedded default);
-PostgreSQL for several edges comes later behind the same :class:`Store` protocol.
+:class:`edge.store.postgres.PostgresStore` (several edges on one PostgreSQL).
 
 Errors (codes are the admin API's error codes)::
 
@@ -349,9 +349,18 @@ def normalize_hostname(raw: str, *, allow_wildcard: bool = True) -> str:
     return host
 
 
-def open_store(config: EdgeConfig) -> Store:
-    """Open (and migrate) the store the config names."""
+def open_store(config: EdgeConfig, *, apply_migrations: bool = True) -> Store:
+    """Open the store the config names; SQLite is migrated on open unless
+    ``apply_migrations`` is False, PostgreSQL only when it is True."""
+    if config.store.is_postgres:
+        from edge.store.postgres import PostgresStore, read_password_file
+
+        return PostgresStore(
+            config.store.url,
+            password=read_password_file(config.store.password_file),
+            apply_migrations=apply_migrations,
+        )
     from edge.store.sqlite import SqliteStore
 
     path: Path = config.store_path()
-    return SqliteStore(path)
+    return SqliteStore(path, apply_migrations=apply_migrations)

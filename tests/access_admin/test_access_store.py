@@ -9,6 +9,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from store_pg.backends import (
+    backend_store,  # noqa: F401  (`store` runs on both backends)
+    persisted_bytes,
+)
 
 from edge.store import Conflict, InvalidInput, NotFound, StoreError
 from edge.store.access_records import (
@@ -200,7 +204,7 @@ def test_service_token_secret_is_shown_once_and_only_its_hash_is_stored(
     assert token.secret_hash == hashlib.sha256(secret.encode()).hexdigest()
     assert token.expires_at - token.created_at == timedelta(hours=1)
     assert store.list_service_tokens() == [token]
-    state = b"".join(path.read_bytes() for path in (tmp_path / "state").iterdir())
+    state = persisted_bytes(store)
     assert secret.encode() not in state
     assert token.client_id.encode() in state
 
@@ -286,7 +290,7 @@ def test_sessions_are_kept_by_hash_and_revoked_by_email(store: SqliteStore, tmp_
     assert store.purge_expired_sessions(160.0) == 1
     assert store.delete_session(session_id_hash("session-secret-1"))
     assert not store.delete_session(session_id_hash("session-secret-1"))
-    state = b"".join(path.read_bytes() for path in (tmp_path / "state").iterdir())
+    state = persisted_bytes(store)
     assert b"session-secret-2" not in state
     with pytest.raises(InvalidInput) as bad:
         store.revoke_email_sessions("not-an-address")

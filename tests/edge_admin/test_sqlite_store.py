@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from store_pg.backends import backend_store  # noqa: F401  (`store` runs on both backends)
 
 from edge.store import Conflict, InvalidInput, NotFound, StoreError, normalize_hostname
 from edge.store.sqlite import MIGRATIONS, SqliteStore
