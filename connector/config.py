@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from connector.access import parse_access_requirement
 from connector.errors import ConfigError, CredentialsError
 from connector.ingress import (
     IngressRule,
@@ -67,6 +68,7 @@ ORIGIN_REQUEST_KEYS: dict[str, tuple[str, str]] = {
     "httpHostHeader": ("http_host_header", "str"),
     "keepAliveTimeout": ("keep_alive_timeout", "duration"),
     "keepAliveConnections": ("keep_alive_connections", "count"),
+    "access": ("access", "access"),
 }
 
 
@@ -180,7 +182,9 @@ def parse_origin_request(raw: object, key_path: str, base: OriginRequest,
     for key, value in raw.items():
         attr, kind = ORIGIN_REQUEST_KEYS[key]
         where = f"{key_path}.{key}"
-        if kind == "duration":
+        if kind == "access":
+            changes[attr] = parse_access_requirement(value, where)
+        elif kind == "duration":
             changes[attr] = parse_duration(value, where)
         elif kind == "bool":
             if not isinstance(value, bool):

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from connector.access import AccessRequirement
 from connector.errors import ConfigError
 
 __all__ = [
@@ -80,6 +81,8 @@ class OriginRequest:
     """Seconds an idle pooled origin connection is kept."""
     keep_alive_connections: int = 100
     """Most idle connections kept per origin."""
+    access: AccessRequirement | None = None
+    """Verify the edge's assertion on every stream before the origin sees it."""
 
 
 @dataclass(frozen=True, slots=True)

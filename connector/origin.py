@@ -2,9 +2,9 @@
 
 For every stream the edge opens, :class:`OriginDispatcher` matches the ingress table and then:
 
-- ``http://``, ``https://``, ``unix:``, ``unix+tls:``: forwards the request with a pooled,
-  keep-alive h11 client (an HTTP client library under trio costs several times more per
-  request). The request body and the response body are streamed concurrently, each held back
+- ``http://``, ``https://``, ``unix:``, ``unix+tls:``: forwards the request with the pooled,
+  keep-alive HTTP/1.1 client of ``connector.origin_pool`` (a general-purpose HTTP library
+  under trio costs several times more per request). The request body and the response body are streamed concurrently, each held back
   by the other side's flow control; nothing is buffered whole.
 - a WebSocket upgrade: forwards the handshake; after a 101 relays raw bytes both ways.
 - ``tcp://``, ``ssh://``: opens the connection, answers status 200, relays bytes with half-close.
@@ -31,17 +31,12 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import math
-import select
-import ssl
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
-import h11
 import trio
 
+from connector.access import AccessVerificationError, AssertionVerifier
 from connector.errors import ErrorCode, OriginError, OriginTimeout, OriginUnreachable
 from connector.ingress import (
     HelloWorldService,
@@ -52,13 +47,21 @@ from connector.ingress import (
     StatusService,
     TcpService,
 )
+from connector.origin_pool import (
+    InvalidRequest,
+    OriginConnection,
+    OriginPool,
+    ResponseHead,
+    deadline_after,
+    encode_request_head,
+    idle_connection_alive,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["OriginDispatcher", "TunnelStreamLike"]
 
 CHUNK = 65536
-MAX_RESPONSE_HEAD = 64 * 1024
 # Headers about one hop; they are re-derived per hop, never forwarded.
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
@@ -97,171 +100,12 @@ class StreamAbort(Exception):
         self.code = code
 
 
-class OriginConnection:
-    """One HTTP/1.1 connection to an origin, driven by h11; origin I/O errors become
-    :class:`OriginUnreachable`."""
-
-    __slots__ = ("h11", "idle_since", "received_any", "reusable", "reused", "stream")
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
-        self.idle_since = 0.0
-        self.reused = False
-        self.received_any = False
-        self.reusable = True
-
-    async def send(self, *events: h11.Event) -> None:
-        data = b"".join(self.h11.send(event) or b"" for event in events)
-        try:
-            await self.stream.send_all(data)
-        except _ORIGIN_IO_ERRORS as exc:
-            self.reusable = False
-            raise OriginUnreachable(f"origin connection broke while sending: {exc}") from exc
-
-    def poll_event(self) -> Any:
-        """The next event already buffered, or ``h11.NEED_DATA``."""
-        try:
-            event = self.h11.next_event()
-        except h11.RemoteProtocolError as exc:
-            self.reusable = False
-            raise OriginUnreachable(f"origin broke HTTP/1.1: {exc}") from exc
-        if type(event) is h11.ConnectionClosed:
-            self.reusable = False
-            raise OriginUnreachable("origin closed the connection mid-exchange")
-        return event
-
-    async def next_event(self) -> Any:
-        while True:
-            event = self.poll_event()
-            if event is not h11.NEED_DATA:
-                return event
-            try:
-                data = await self.stream.receive_some(CHUNK)
-            except _ORIGIN_IO_ERRORS as exc:
-                self.reusable = False
-                raise OriginUnreachable(f"origin connection broke: {exc}") from exc
-            if data:
-                self.received_any = True
-            self.h11.receive_data(cast(bytes, data))  # h11 takes any bytes-like
-
-    @property
-    def exchange_complete(self) -> bool:
-        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+_idle_connection_alive = idle_connection_alive
 
 
-def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
-    while isinstance(stream, trio.SSLStream):
-        stream = stream.transport_stream
-    return stream.socket if isinstance(stream, trio.SocketStream) else None
-
-
-def _idle_connection_alive(stream: trio.abc.Stream) -> bool:
-    """An idle keep-alive socket must have nothing to read: readable means closed (or junk)."""
-    sock = _socket_of(stream)
-    if sock is None:
-        return True
-    poller = select.poll()
-    poller.register(sock.fileno(), select.POLLIN)
-    return not poller.poll(0)
-
-
-def _deadline_after(seconds: float) -> float:
-    return trio.current_time() + seconds if seconds > 0 else math.inf
-
-
-class OriginPool:
-    """Idle keep-alive connections per origin, most recently used first."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
-        self._idle: dict[tuple[HttpService, OriginRequest], deque[OriginConnection]] = {}
-        self._tls_contexts: dict[tuple[bool, Path | None], ssl.SSLContext] = {}
-        self._closed = False
-
-    async def acquire(self, service: HttpService, options: OriginRequest) -> OriginConnection:
-        idle = self._idle.get((service, options))
-        if idle:
-            now = self._clock()
-            while idle:
-                conn = idle.pop()
-                if now - conn.idle_since < options.keep_alive_timeout and \
-                        _idle_connection_alive(conn.stream):
-                    conn.reused = True
-                    conn.received_any = False
-                    return conn
-                await trio.aclose_forcefully(conn.stream)
-        return OriginConnection(await self.connect(service, options))
-
-    async def release(self, conn: OriginConnection, service: HttpService,
-                      options: OriginRequest) -> None:
-        if self._closed or not conn.reusable or not conn.exchange_complete or \
-                options.keep_alive_connections == 0:
-            await trio.aclose_forcefully(conn.stream)
-            return
-        conn.h11.start_next_cycle()
-        conn.idle_since = now = self._clock()
-        idle = self._idle.setdefault((service, options), deque())
-        idle.append(conn)
-        while idle and (len(idle) > options.keep_alive_connections or
-                        now - idle[0].idle_since >= options.keep_alive_timeout):
-            await trio.aclose_forcefully(idle.popleft().stream)
-
-    async def discard(self, conn: OriginConnection) -> None:
-        await trio.aclose_forcefully(conn.stream)
-
-    async def aclose(self) -> None:
-        self._closed = True
-        idle, self._idle = self._idle, {}
-        for conns in idle.values():
-            for conn in conns:
-                await trio.aclose_forcefully(conn.stream)
-
-    def tls_context(self, options: OriginRequest) -> ssl.SSLContext:
-        key = (options.no_tls_verify, options.ca_pool)
-        context = self._tls_contexts.get(key)
-        if context is None:
-            context = ssl.create_default_context(
-                cafile=str(options.ca_pool) if options.ca_pool else None)
-            if options.no_tls_verify:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            self._tls_contexts[key] = context
-        return context
-
-    async def connect(self, service: HttpService | TcpService,
-                      options: OriginRequest) -> trio.abc.Stream:
-        """Open (and for TLS services, handshake) within ``connectTimeout``."""
-        try:
-            with trio.fail_at(_deadline_after(options.connect_timeout)):
-                if isinstance(service, HttpService) and service.unix_path is not None:
-                    raw: trio.abc.Stream = await trio.open_unix_socket(service.unix_path)
-                else:
-                    raw = await trio.open_tcp_stream(service.host, service.port)
-                if not (isinstance(service, HttpService) and service.tls):
-                    return raw
-                try:
-                    tls = trio.SSLStream(
-                        raw, self.tls_context(options),
-                        server_hostname=options.origin_server_name or service.host,
-                        https_compatible=True)
-                    await tls.do_handshake()
-                except BaseException:
-                    await trio.aclose_forcefully(raw)
-                    raise
-                return tls
-        except trio.TooSlowError:
-            raise OriginTimeout(f"connecting to {service} took longer than "
-                                f"{options.connect_timeout:g}s") from None
-        except (trio.BrokenResourceError, ssl.SSLError) as exc:
-            cause = exc.__cause__ or exc
-            log.warning("TLS with origin %s failed: %s", service, cause)
-            raise OriginUnreachable(f"TLS with {service} failed: {cause}") from exc
-        except OSError as exc:
-            raise OriginUnreachable(f"cannot connect to {service}: {exc}") from exc
-
-    def __len__(self) -> int:
-        return sum(len(conns) for conns in self._idle.values())
+def _idle_connection_alive_now(stream: trio.abc.Stream) -> bool:
+    """The pool's idle check, looked up at each call so it can be replaced in this module."""
+    return _idle_connection_alive(stream)
 
 
 class _Exchange:
@@ -283,7 +127,8 @@ class OriginDispatcher:
     def __init__(self, table: IngressTable, *,
                  clock: Callable[[], float] = trio.current_time) -> None:
         self.table = table
-        self.pool = OriginPool(clock)
+        self.pool = OriginPool(clock, idle_check=_idle_connection_alive_now)
+        self.access = AssertionVerifier()
 
     async def __aenter__(self) -> OriginDispatcher:
         return self
@@ -330,6 +175,13 @@ class OriginDispatcher:
         except NoIngressMatch:
             raise StreamAbort(ErrorCode.NO_INGRESS, f"no ingress rule for {host}") from None
         service = rule.service
+        requirement = rule.origin_request.access
+        if requirement is not None:
+            try:
+                await self.access.check(head, requirement)
+            except AccessVerificationError as exc:
+                log.warning("stream %s: refused for %s: %s", _stream_id(stream), host, exc)
+                raise StreamAbort(ErrorCode.ACCESS_DENIED, str(exc)) from None
         if log.isEnabledFor(logging.DEBUG):
             log.debug("stream %s: %s %s %s%s -> rule #%d %s", _stream_id(stream), kind,
                       head.get("method", ""), host, target, index + 1, service)
@@ -361,31 +213,36 @@ class OriginDispatcher:
             if first_chunk:
                 headers.append((b"transfer-encoding", b"chunked"))
         try:
-            request = h11.Request(method=method, target=target, headers=headers)
-        except h11.LocalProtocolError as exc:
+            request_head = encode_request_head(method, target, headers)
+        except InvalidRequest as exc:
             raise StreamAbort(ErrorCode.PROTOCOL_ERROR, f"bad request head: {exc}") from None
+        head_request = method == b"HEAD"
         for attempt in (1, 2):
             conn = await self.pool.acquire(service, options)
             try:
                 if body_mode == "none":
                     try:
-                        await conn.send(request, h11.EndOfMessage())
-                        with trio.fail_at(_deadline_after(options.response_header_timeout)):
-                            response = await _read_response_head(conn, allow_101=websocket)
+                        await conn.send(request_head)
+                        conn.request_done = True
+                        deadline = deadline_after(options.response_header_timeout)
+                        with trio.CancelScope(deadline=deadline) as head_wait:
+                            response = await _read_response_head(
+                                conn, head_request=head_request, allow_101=websocket)
                     except OriginUnreachable:
                         if attempt == 1 and conn.reused and not conn.received_any:
                             await self.pool.discard(conn)
                             continue
                         raise
-                    except trio.TooSlowError:
-                        raise _response_timeout(service, options) from None
-                    if websocket and response.status_code == 101:
+                    if head_wait.cancelled_caught:
+                        raise _response_timeout(service, options)
+                    if websocket and response.status == 101:
                         await self._relay_upgraded(stream, conn, response)
                         await self.pool.discard(conn)
                         return
                     await _forward_response(stream, conn, response)
                 else:
-                    await self._exchange_with_body(stream, conn, request, first_chunk,
+                    await self._exchange_with_body(stream, conn, request_head, first_chunk,
+                                                   _body_framing(headers), head_request,
                                                    service, options)
             except BaseException:
                 await self.pool.discard(conn)
@@ -394,17 +251,19 @@ class OriginDispatcher:
             return
 
     async def _exchange_with_body(self, stream: TunnelStreamLike, conn: OriginConnection,
-                                  request: h11.Request, first_chunk: bytes,
+                                  request_head: bytes, first_chunk: bytes,
+                                  declared_length: int | None, head_request: bool,
                                   service: HttpService, options: OriginRequest) -> None:
-        await conn.send(request)
+        await conn.send(request_head)
         exchange = _Exchange()
         head_wait = trio.CancelScope()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_pump_request_body, stream, conn, first_chunk, exchange,
-                               head_wait, options.response_header_timeout, nursery.cancel_scope)
+            nursery.start_soon(_pump_request_body, stream, conn, first_chunk, declared_length,
+                               exchange, head_wait, options.response_header_timeout,
+                               nursery.cancel_scope)
             try:
                 with head_wait:
-                    response = await _read_response_head(conn)
+                    response = await _read_response_head(conn, head_request=head_request)
                 if head_wait.cancelled_caught:
                     raise _response_timeout(service, options)
                 await _forward_response(stream, conn, response)
@@ -418,11 +277,10 @@ class OriginDispatcher:
             raise exchange.error
 
     async def _relay_upgraded(self, stream: TunnelStreamLike, conn: OriginConnection,
-                              response: h11.InformationalResponse) -> None:
+                              response: ResponseHead) -> None:
         conn.reusable = False
         await stream.send_head({"status": 101, "headers": _head_headers(response, keep_all=True)})
-        pending, _closed = conn.h11.trailing_data
-        await _relay(stream, conn.stream, pending)
+        await _relay(stream, conn.stream, conn.pending)
 
     # -- raw TCP ----------------------------------------------------------------------------
 
@@ -485,72 +343,87 @@ def _request_parts(head: Mapping[str, Any], options: OriginRequest
         headers.append((b"transfer-encoding", b"chunked"))
         return method, target, headers, "stream", False
     if has_length:
-        length = next(v for n, v in headers if n.lower() == b"content-length")
-        return method, target, headers, "none" if length.strip() == b"0" else "stream", False
+        length = next(v for n, v in headers if n.lower() == b"content-length").strip()
+        if not length.isdigit() or len(length) > 18:
+            raise StreamAbort(ErrorCode.PROTOCOL_ERROR, "request head with a bad Content-Length")
+        return method, target, headers, "none" if int(length) == 0 else "stream", False
     return method, target, headers, "unknown", False
 
 
-async def _read_response_head(conn: OriginConnection, *, allow_101: bool = False) -> Any:
+def _body_framing(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The request body's declared length, or None when it is sent chunked."""
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            return int(value.strip())
+    return None
+
+
+async def _read_response_head(conn: OriginConnection, *, head_request: bool,
+                              allow_101: bool = False) -> ResponseHead:
     """The final response head, or a 101 to an upgrade; other 1xx (100 Continue) are skipped."""
     while True:
-        event = await conn.next_event()
-        if type(event) is h11.Response:
-            return event
-        if type(event) is h11.InformationalResponse:
-            if event.status_code == 101:
-                if allow_101:
-                    return event
-                raise OriginUnreachable("origin switched protocols without being asked")
-            continue
-        raise OriginUnreachable(f"origin sent {type(event).__name__} instead of a response")
+        response = await conn.read_head(head_request=head_request)
+        if response.status >= 200:
+            return response
+        if response.status == 101:
+            if allow_101:
+                return response
+            raise OriginUnreachable("origin switched protocols without being asked")
 
 
-def _head_headers(response: h11.Response | h11.InformationalResponse, *,
-                  keep_all: bool = False) -> list[list[str]]:
+def _head_headers(response: ResponseHead, *, keep_all: bool = False) -> list[list[str]]:
     return [[name.decode("latin-1"), value.decode("latin-1")]
-            for name, value in response.headers.raw_items()
+            for name, value in response.headers
             if keep_all or name.lower() not in HOP_BY_HOP_BYTES]
 
 
 async def _forward_response(stream: TunnelStreamLike, conn: OriginConnection,
-                            response: h11.Response) -> None:
-    head = {"status": response.status_code, "headers": _head_headers(response)}
-    event = conn.poll_event()
-    if type(event) is h11.EndOfMessage:
+                            response: ResponseHead) -> None:
+    head = {"status": response.status, "headers": _head_headers(response)}
+    if conn.response_done:
         await stream.send_head(head, end_stream=True)
         return
     await stream.send_head(head)
-    while True:
-        if event is h11.NEED_DATA:
-            event = await conn.next_event()
-        kind = type(event)
-        if kind is h11.Data:
-            await stream.send_all(event.data)
-            event = conn.poll_event()
-        elif kind is h11.EndOfMessage:
-            break
-        else:
-            raise OriginUnreachable(f"origin sent {kind.__name__} inside a response body")
+    while data := await conn.read_body():
+        await stream.send_all(data)
     await stream.send_eof()
 
 
 async def _pump_request_body(stream: TunnelStreamLike, conn: OriginConnection,
-                             first_chunk: bytes, exchange: _Exchange,
-                             head_wait: trio.CancelScope, response_header_timeout: float,
+                             first_chunk: bytes, declared_length: int | None,
+                             exchange: _Exchange, head_wait: trio.CancelScope,
+                             response_header_timeout: float,
                              cancel_all: trio.CancelScope) -> None:
+    left = declared_length
     try:
-        if first_chunk:
-            await conn.send(h11.Data(data=first_chunk))
-        while chunk := await stream.receive_some(CHUNK):
-            await conn.send(h11.Data(data=cast(bytes, chunk)))  # h11 takes any bytes-like
-        await conn.send(h11.EndOfMessage())
+        chunk: bytes | bytearray = first_chunk
+        while True:
+            if not chunk:
+                chunk = await stream.receive_some(CHUNK)
+                if not chunk:
+                    break
+            if left is None:
+                await conn.send(b"%x\r\n%b\r\n" % (len(chunk), bytes(chunk)))
+            else:
+                left -= len(chunk)
+                if left < 0:
+                    raise StreamAbort(ErrorCode.PROTOCOL_ERROR,
+                                      "request body: longer than its Content-Length")
+                await conn.send(chunk)
+            chunk = b""
+        if left is None:
+            await conn.send(b"0\r\n\r\n")
+        elif left:
+            raise StreamAbort(ErrorCode.PROTOCOL_ERROR,
+                              "request body: shorter than its Content-Length")
+        conn.request_done = True
         exchange.request_done = True
     except TUNNEL_ERRORS as exc:
         exchange.error = exc
         cancel_all.cancel()
-    except h11.LocalProtocolError as exc:
+    except StreamAbort as exc:
         # The body did not match its Content-Length: the visitor's side broke off.
-        exchange.error = StreamAbort(ErrorCode.PROTOCOL_ERROR, f"request body: {exc}")
+        exchange.error = exc
         cancel_all.cancel()
     except OriginUnreachable:
         # The origin stopped reading; its answer (a 413, say) may still explain why.
@@ -558,7 +431,7 @@ async def _pump_request_body(stream: TunnelStreamLike, conn: OriginConnection,
     finally:
         # Like Go's ResponseHeaderTimeout: the wait for the answer starts once the request
         # is written, so a long upload is not cut short by it.
-        head_wait.deadline = _deadline_after(response_header_timeout)
+        head_wait.deadline = deadline_after(response_header_timeout)
 
 
 async def _relay(stream: TunnelStreamLike, origin: trio.abc.Stream, pending: bytes) -> None:

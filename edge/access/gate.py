@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 _COOKIE = b"cookie"
 _CLIENT_ID = b"cf-access-client-id"
 _CLIENT_SECRET = b"cf-access-client-secret"
+_ACCESS_TOKEN = b"cf-access-token"
 MAX_COOKIE_CANDIDATES = 4
 
 
@@ -114,6 +115,7 @@ class ScrubbedHeaders:
     cookies: list[bytes]
     client_id: bytes | None = None
     client_secret: bytes | None = None
+    access_token: bytes | None = None
 
 
 def split_headers(
@@ -135,6 +137,8 @@ def split_headers(
                 result.client_id = value
             elif normalised == _CLIENT_SECRET and result.client_secret is None:
                 result.client_secret = value
+            elif normalised == _ACCESS_TOKEN and result.access_token is None:
+                result.access_token = value
             continue
         result.kept.append((name, value))
     return result
@@ -179,7 +183,15 @@ class AccessGate:
             return OPEN_GRANT
         if client_id is not None or client_secret is not None:
             return await self._service_token(request, respond, app, client_id, client_secret)
-        signin = self._signin(app, cookie_headers)
+        # A ``cf-access-token`` header (the CLI's cached app token) counts like the cookie; a
+        # browser never sends it on its own, so it needs no Origin check on WebSocket upgrades.
+        signin = None
+        if scrubbed.access_token is not None:
+            token_text = scrubbed.access_token.decode("latin-1").strip()
+            signin = self._signin_with(app, [token_text])
+        header_token = signin is not None
+        if signin is None:
+            signin = self._signin(app, cookie_headers)
         identity = signin.session.identity if signin is not None else None
         facts = client_facts(request)
         decision = decide(identity, app.policies, facts)
@@ -192,7 +204,7 @@ class AccessGate:
         if not decision.granted:
             await self._deny(request, respond, app, identity, decision.reason)
             return None
-        refusal = self._websocket_refusal(request, app, cookie_based=True)
+        refusal = self._websocket_refusal(request, app, cookie_based=not header_token)
         if refusal is not None:
             await self._deny(request, respond, app, identity, refusal)
             return None
@@ -215,8 +227,12 @@ class AccessGate:
         """The live session behind the first valid app cookie, if any."""
         if not cookie_headers:
             return None
+        return self._signin_with(app, cookie_values(cookie_headers, app.spec.cookie_name))
+
+    def _signin_with(self, app: CatalogApp, tokens: list[str]) -> _Signin | None:
+        """The live session behind the first valid app token among ``tokens``."""
         rt = self._rt
-        for value in cookie_values(cookie_headers, app.spec.cookie_name)[:MAX_COOKIE_CANDIDATES]:
+        for value in tokens[:MAX_COOKIE_CANDIDATES]:
             verified = rt.verify_app_token(value, app.aud)
             if verified is None:
                 continue
