@@ -35,6 +35,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import unicodedata
@@ -112,6 +113,18 @@ def canonical_host(raw: str) -> str:
 
 def parse_host_header(raw: str) -> HostPort:
     """Split ``host[:port]`` and canonicalise both halves; anything odd is ``BadRequest``."""
+    if len(raw) <= _CACHED_LENGTH:
+        return _parse_host_header_cached(raw)
+    return _parse_host_header(raw)
+
+
+# Every request canonicalises its host and path; most repeat. Results of short inputs are
+# kept (bounded, least recently used first out); errors are never cached.
+_CACHED_LENGTH = 256
+_CACHE_SIZE = 4096
+
+
+def _parse_host_header(raw: str) -> HostPort:
     if not raw or raw != raw.strip() or any(ord(c) < 0x21 or ord(c) == 0x7F for c in raw):
         raise BadRequest("the host is empty or contains whitespace or control characters")
     if "@" in raw or "/" in raw or "\\" in raw or "?" in raw or "#" in raw:
@@ -245,6 +258,12 @@ def split_absolute_target(raw_target: str) -> tuple[str, str, str] | None:
 
 def canonical_path(raw_target: str, *, allow_encoded_slash: bool = False) -> CanonicalTarget:
     """Canonicalise an origin-form target; the query is kept verbatim but checked for bytes."""
+    if len(raw_target) <= _CACHED_LENGTH:
+        return _canonical_path_cached(raw_target, allow_encoded_slash)
+    return _canonical_path(raw_target, allow_encoded_slash)
+
+
+def _canonical_path(raw_target: str, allow_encoded_slash: bool) -> CanonicalTarget:
     if not raw_target.startswith("/"):
         raise BadRequest("the request target must be an absolute path")
     if not raw_target.isascii() or any(not 0x20 < ord(c) < 0x7F for c in raw_target):
@@ -274,6 +293,10 @@ def canonical_path(raw_target: str, *, allow_encoded_slash: bool = False) -> Can
     if trailing_slash and segments:
         path += "/"
     return CanonicalTarget(path, query if sep else None)
+
+
+_canonical_path_cached = functools.lru_cache(maxsize=_CACHE_SIZE)(_canonical_path)
+_parse_host_header_cached = functools.lru_cache(maxsize=_CACHE_SIZE)(_parse_host_header)
 
 
 def _decode_segment(segment: str, allow_encoded_slash: bool) -> str:

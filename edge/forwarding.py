@@ -84,7 +84,20 @@ _FRAMING = frozenset({b"host", b"content-length", b"transfer-encoding"})
 
 def normalise_header_name(name: bytes) -> bytes:
     """Lower-case and read ``_`` as ``-``: the spelling every security comparison uses."""
-    return name.strip().lower().replace(b"_", b"-")
+    cacheable = type(name) is bytes and len(name) <= _NORMALISED_NAME_MAX
+    normalised = _NORMALISED.get(name) if cacheable else None
+    if normalised is None:
+        normalised = bytes(name).strip().lower().replace(b"_", b"-")
+        if cacheable and len(_NORMALISED) < _NORMALISED_MAX:
+            _NORMALISED[name] = normalised
+    return normalised
+
+
+# Every request normalises every header name, and names repeat: the spellings seen first are
+# remembered, up to a bound that a client sending made-up names cannot push past.
+_NORMALISED: dict[bytes, bytes] = {}
+_NORMALISED_MAX = 2048
+_NORMALISED_NAME_MAX = 64
 
 
 def strip_headers(

@@ -1,10 +1,12 @@
 """One public client connection: HTTP/1.1 parsing, limits, timeouts and the edge's own answers.
 
-The edge reads each request head itself before h11 sees it, because h11 is liberal where a
-gateway must be strict: it unfolds obs-fold lines and accepts bare LF line endings, and both are
-classic request-smuggling vectors when the origin parses differently. A fresh ``h11.Connection``
-serves each request; bytes it did not consume (a pipelined next request) are carried over, so
-every head goes through the same checks.
+The edge parses requests itself, strictly, because this is where a gateway must be strict and
+the request path must be cheap: obs-fold lines, bare CR or LF, a space before the colon, a
+non-token name or a control byte in a value are refused (each is a classic request-smuggling
+vector when the origin parses differently); ``Content-Length`` values must agree, and
+``Transfer-Encoding`` must be exactly ``chunked`` (501 otherwise) and never come with a length.
+Bytes after a request (a pipelined next one) stay in the buffer, so every head goes through the
+same checks.
 
 Errors are drawn in ``edge.http_messages``; every ``RequestRejected`` raised while reading a
 request (or escaping a handler before it answered) becomes a standard page and a closed
@@ -24,6 +26,7 @@ Choices a reader might not expect:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import secrets
@@ -31,7 +34,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-import h11
 import trio
 
 from edge.canonical import (
@@ -44,6 +46,7 @@ from edge.canonical import (
 from edge.forwarding import (
     IPNetwork,
     clean_request_headers,
+    header_tokens,
     normalise_header_name,
     strip_headers,
 )
@@ -95,13 +98,26 @@ LINGER_SECONDS = 2.0
 LINGER_BYTES = 256 * 1024
 
 _E = TypeVar("_E", bound=BaseException)
-_BARE_CR = re.compile(rb"\r(?!\n)")
-_BARE_LF = re.compile(rb"(?<!\r)\n")
-_OBS_FOLD = re.compile(rb"\n[ \t]")
+_REQUEST_LINE = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e\x80-\xff]+) HTTP/([0-9])\.([0-9])"
+)
+_HEADER_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*(.*?)[ \t]*")
+# A field value: no control bytes but HTAB (its ends were stripped by _HEADER_LINE).
+_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 
 
-def _random_request_id() -> str:
-    return secrets.token_hex(8)
+class _RequestIds:
+    """Request ids: a random per-process prefix and a counter (unique, no syscall per request)."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(4)
+        self._counter = itertools.count(secrets.randbelow(1 << 24))
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFF:08x}"
+
+
+_random_request_id = _RequestIds()
 
 
 @dataclass
@@ -186,17 +202,19 @@ class _ClientConnection:
         first = True
         while True:
             try:
-                if not await self._read_head(first):
+                head_end = await self._read_head(first)
+                if head_end is None:
                     return
             except RequestRejected as exc:
                 await self._front_error(exc, _ErrorContext(self._new_request_id()))
                 return
             first = False
-            if not await self._serve_one():
+            if not await self._serve_one(head_end):
                 return
 
     async def close(self) -> None:
         stream = self._io.stream
+        self._io.closing()
         try:
             if self._linger and not self._upgraded and not self._io.eof:
                 await self._linger_close(stream)
@@ -220,8 +238,8 @@ class _ClientConnection:
 
     # --- the head --------------------------------------------------------------------------
 
-    async def _read_head(self, first: bool) -> bool:
-        """Wait for a complete, well-formed head in the buffer; ``False`` when the client left."""
+    async def _read_head(self, first: bool) -> int | None:
+        """Wait for a complete, well-formed head in the buffer; its end, None if the client left."""
         io, limits = self._io, self._limits
         now = trio.current_time()
         idle_deadline = now + (limits.header_timeout if first else limits.idle_timeout)
@@ -238,70 +256,80 @@ class _ClientConnection:
                 if end is not None:
                     if end > limits.max_header_bytes:
                         raise HeadersTooLarge("the request head is too large")
-                    _check_head(bytes(io.buffer[:end]), limits)
-                    return True
+                    # Bare CR or LF and obs-fold never reach a handler either: _parse_head
+                    # splits lines on CRLF only and accepts no line that is not a token, a
+                    # colon and a control-free value.
+                    if io.buffer.count(b"\n", 0, end) - 2 > limits.max_headers:
+                        raise HeadersTooLarge("too many request headers")
+                    return end
                 if len(io.buffer) > limits.max_header_bytes:
                     raise HeadersTooLarge("the request head is too large")
                 search_from = max(0, len(io.buffer) - 3)
             if io.eof:
-                return False
+                return None
             deadline = head_deadline if io.buffer and head_deadline is not None else idle_deadline
             with trio.move_on_at(deadline) as scope:
                 data = await io.receive()
             if scope.cancelled_caught:
                 if io.buffer:
                     raise RequestTimeout("the request head was not completed in time")
-                return False
+                return None
             io.buffer += data
 
     # --- one request -----------------------------------------------------------------------
 
-    async def _serve_one(self) -> bool:
+    async def _serve_one(self, head_end: int) -> bool:
         """Parse, hand to the handler, check the outcome; ``True`` to keep the connection."""
         io = self._io
-        h11_conn = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=self._limits.max_header_bytes
-        )
-        h11_conn.receive_data(bytes(io.buffer))
-        io.buffer.clear()
-        if io.eof:
-            h11_conn.receive_data(b"")
+        head = bytes(io.buffer[:head_end])
+        del io.buffer[:head_end]
         context = _ErrorContext(self._new_request_id())
         try:
-            event = h11_conn.next_event()
-            if not isinstance(event, h11.Request):
-                raise BadRequest("incomplete request head")
-            context.method = event.method.decode("ascii", "replace")
-            context.accept = _first_header(event.headers.raw_items(), b"accept")
-            request, upgrade_requested = self._build_request(event, h11_conn, context)
-        except h11.RemoteProtocolError as exc:
-            hint = exc.error_status_hint
-            status = hint if 400 <= hint <= 599 else 400
-            await self._front_error(BadRequest(f"malformed request: {exc}", status=status), context)
-            return False
+            method, target, version, raw_headers = _parse_head(head)
+            context.method = method
+            context.accept = _first_header(raw_headers, b"accept")
+            request, upgrade_requested = self._build_request(
+                method, target, version, raw_headers, context
+            )
         except RequestRejected as exc:
             await self._front_error(exc, context)
             return False
-        return await self._run_handler(h11_conn, request, upgrade_requested, context)
+        return await self._run_handler(request, upgrade_requested, context)
 
     def _build_request(
-        self, event: h11.Request, h11_conn: h11.Connection, context: _ErrorContext
+        self,
+        method: str,
+        raw_target: bytes,
+        version: str,
+        raw_headers: list[tuple[bytes, bytes]],
+        context: _ErrorContext,
     ) -> tuple[IncomingRequest, bool]:
         limits = self._limits
-        raw_headers = list(event.headers.raw_items())
         if len(raw_headers) > limits.max_headers:
             raise HeadersTooLarge("too many request headers")
-        if event.http_version not in (b"1.0", b"1.1"):
+        if version not in ("1.0", "1.1"):
             raise VersionNotSupported("only HTTP/1.0 and HTTP/1.1 are served here")
-        method = event.method.decode("ascii")
         if method == "CONNECT":
             raise BadRequest("CONNECT is not supported")
-        hosts = [v for n, v in raw_headers if n.lower() == b"host"]
+        hosts: list[bytes] = []
+        lengths: list[bytes] = []
+        codings: list[bytes] = []
+        expects_continue = False
+        for name, value in raw_headers:
+            lowered = name.lower()
+            if lowered == b"host":
+                hosts.append(value)
+            elif lowered == b"content-length":
+                lengths.extend(part.strip() for part in value.split(b","))
+            elif lowered == b"transfer-encoding":
+                codings.extend(t.strip().lower() for t in value.split(b",") if t.strip())
+            elif lowered == b"expect":
+                expects_continue = version == "1.1" and value.lower() == b"100-continue"
         if len(hosts) != 1:
             raise BadRequest("a request needs exactly one Host header")
         host = parse_host_header(_ascii(hosts[0], "Host header"))
         context.host = host.host
-        target = _ascii(event.target, "request target")
+        target = _ascii(raw_target, "request target")
         absolute = split_absolute_target(target)
         if absolute is not None:
             _scheme, authority, target = absolute
@@ -317,11 +345,16 @@ class _ClientConnection:
         )
         canonical = canonical_path(target, allow_encoded_slash=allow_encoded_slash)
 
-        lengths = [v for n, v in raw_headers if n.lower() == b"content-length"]
-        chunked = any(n.lower() == b"transfer-encoding" for n, _ in raw_headers)
+        chunked = bool(codings)
+        if chunked and codings != [b"chunked"]:
+            raise BadRequest("only Transfer-Encoding: chunked is supported", status=501)
         if lengths and chunked:
             raise BadRequest("a request cannot carry both Content-Length and Transfer-Encoding")
-        content_length = int(lengths[0].split(b",")[0]) if lengths else None
+        content_length = None
+        if lengths:
+            if len(set(lengths)) != 1 or not lengths[0].isdigit() or len(lengths[0]) > 18:
+                raise BadRequest("the Content-Length is invalid or conflicting")
+            content_length = int(lengths[0])
         if (
             limits.max_body_bytes is not None
             and content_length is not None
@@ -350,25 +383,29 @@ class _ClientConnection:
             client_ip=cleaned.client_ip,
             peer_ip=self._peer_ip,
             scheme=cleaned.scheme,
-            http_version=event.http_version.decode("ascii"),
+            http_version=version,
             is_websocket_upgrade=cleaned.is_websocket_upgrade,
-            expects_continue=h11_conn.they_are_waiting_for_100_continue,
+            expects_continue=expects_continue,
             content_length=content_length,
             request_id=context.request_id,
+            chunked=chunked,
+            close_requested=b"close" in header_tokens(raw_headers, b"connection"),
         )
         return request, upgrade_requested
 
     async def _run_handler(
         self,
-        h11_conn: h11.Connection,
         request: IncomingRequest,
         upgrade_requested: bool,
         context: _ErrorContext,
     ) -> bool:
-        body = RequestBody(self._io, h11_conn)
-        writer = ResponseWriter(
-            self._io, h11_conn, request, body, upgrade_requested=upgrade_requested
+        body = RequestBody(
+            self._io,
+            length=request.content_length,
+            chunked=request.chunked,
+            expects_continue=request.expects_continue,
         )
+        writer = ResponseWriter(self._io, request, body, upgrade_requested=upgrade_requested)
         try:
             await self._handler(request, body, writer)
         except Exception as exc:
@@ -398,22 +435,24 @@ class _ClientConnection:
                 RequestRejected(detail, status=502), context, "origin_unreachable"
             )
             return False
-        if not writer.finished or writer.must_close or upgrade_requested:
+        if not writer.finished or upgrade_requested:
             self._linger = True
             return False
         body.drain_buffered()
-        if h11_conn.our_state is h11.DONE and h11_conn.their_state is h11.DONE:
-            leftover, closed = h11_conn.trailing_data
-            self._io.buffer += leftover
-            self._io.eof = self._io.eof or closed
-            return True
+        if writer.must_close:
+            # A complete exchange on a connection that ends here: drain politely only when
+            # the client sent bytes we did not read, so closing cannot reset the answer.
+            self._linger = not body.complete or bool(self._io.buffer)
+            return False
+        if body.complete:
+            return True  # a pipelined next request, if any, is already in the buffer
         self._linger = True
         return False
 
     async def _front_error(
         self, exc: RequestRejected, context: _ErrorContext, code: str | None = None
     ) -> None:
-        """Answer with a standard page written directly (h11 may be in an error state)."""
+        """Answer with a standard page written directly, whatever state the exchange is in."""
         log.info(
             "request refused status=%d request=%s client=%s reason=%s",
             exc.status,
@@ -469,13 +508,24 @@ def _find_head_end(buffer: bytearray, start: int) -> int | None:
     return None
 
 
-def _check_head(head: bytes, limits: HttpLimits) -> None:
-    if _BARE_CR.search(head) or _BARE_LF.search(head):
-        raise BadRequest("the request head contains a bare CR or LF")
-    if _OBS_FOLD.search(head):
-        raise BadRequest("folded header lines (obs-fold) are not accepted")
-    if head.count(b"\n") - 2 > limits.max_headers:
-        raise HeadersTooLarge("too many request headers")
+def _parse_head(head: bytes) -> tuple[str, bytes, str, list[tuple[bytes, bytes]]]:
+    """Method, raw target, version and headers of a head ``_check_head`` accepted."""
+    lines = head.split(b"\r\n")
+    match = _REQUEST_LINE.fullmatch(lines[0])
+    if match is None:
+        raise BadRequest("malformed request: bad request line")
+    headers: list[tuple[bytes, bytes]] = []
+    header_line = _HEADER_LINE.fullmatch
+    field_value = _FIELD_VALUE.fullmatch
+    for line in lines[1:]:
+        if not line:
+            break
+        parsed = header_line(line)
+        if parsed is None or field_value(parsed.group(2)) is None:
+            raise BadRequest("malformed request: bad header line")
+        headers.append((parsed.group(1), parsed.group(2)))
+    method, target, major, minor = match.groups()
+    return method.decode("ascii"), target, f"{major.decode()}.{minor.decode()}", headers
 
 
 def _ascii(value: bytes, what: str) -> str:

@@ -21,11 +21,12 @@ A handler may let any ``RequestRejected`` escape (``RequestBody.receive_some`` r
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 
-import h11
 import trio
 
 from edge.canonical import BadRequest, RequestRejected
@@ -143,6 +144,13 @@ class IncomingRequest:
     expects_continue: bool
     content_length: int | None
     request_id: str
+    chunked: bool = False
+    close_requested: bool = False
+
+    @property
+    def has_body(self) -> bool:
+        """Whether a body follows the head (a request with no framing header has none)."""
+        return self.chunked or bool(self.content_length)
 
     @property
     def target(self) -> str:
@@ -159,7 +167,7 @@ class IncomingRequest:
 
 
 class ClientIO:
-    """The socket side of one connection: bytes not yet handed to h11, and serialised writes."""
+    """The socket side of one connection: bytes not yet parsed, and serialised writes."""
 
     def __init__(self, stream: trio.abc.Stream, limits: HttpLimits) -> None:
         self.stream = stream
@@ -168,6 +176,13 @@ class ClientIO:
         self.eof = False
         self._broken = False
         self._send_lock = trio.StrictFIFOLock()
+        # A plain TCP connection is first written without trio's machinery (no timeout scope,
+        # no wait): a response usually fits the socket buffer at once.
+        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
+
+    def closing(self) -> None:
+        """The connection is about to close: write only through the stream from now on."""
+        self._fd = None
 
     async def receive(self) -> bytes:
         try:
@@ -181,35 +196,60 @@ class ClientIO:
     async def send(self, data: bytes) -> None:
         if not data:
             return
-        async with self._send_lock:
+        lock = self._send_lock
+        try:
+            lock.acquire_nowait()  # the usual case: no other writer, no extra scheduling round
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             if self._broken:
                 raise ClientDisconnected("an earlier write to the client failed")
+            sent = 0
+            if self._fd is not None:
+                try:
+                    sent = os.write(self._fd, data)
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    self._broken = True
+                    raise ClientDisconnected("client connection broke") from exc
+                if sent == len(data):
+                    return
             self._broken = True  # until the write completes: a cancelled write breaks the stream
             with trio.move_on_after(self.limits.send_timeout) as scope:
                 try:
-                    await self.stream.send_all(data)
+                    await self.stream.send_all(memoryview(data)[sent:] if sent else data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     raise ClientDisconnected("client connection broke") from exc
             if scope.cancelled_caught:
                 raise ClientDisconnected("client stopped reading the response")
             self._broken = False
+        finally:
+            lock.release()
 
 
 class RequestBody:
-    """The request body, streamed from the socket through h11 as the handler asks for it.
+    """The request body, decoded from the socket as the handler asks for it.
 
-    Nothing is read ahead: the socket is read only when h11 needs more bytes for the next
-    piece, so memory per request stays at one read however large the body is.
+    Nothing is read ahead: the socket is read only when the decoder needs more bytes for the
+    next piece, so memory per request stays at one read however large the body is. Chunk
+    lines must end in CRLF and, with the trailers, stay within ``max_header_bytes``.
     """
 
-    def __init__(self, io: ClientIO, h11_conn: h11.Connection) -> None:
+    def __init__(
+        self, io: ClientIO, *, length: int | None, chunked: bool, expects_continue: bool
+    ) -> None:
         self._io = io
-        self._h11 = h11_conn
+        self._chunked = chunked
+        self._left = 0 if chunked else length or 0
+        self._chunk_state = _CHUNK_SIZE_LINE
+        self._trailer_bytes = 0
+        self._expects_continue = expects_continue
         self._pending = b""
         self._received = 0
         self._failure: Exception | None = None
         self._receiving = False
-        self.complete = False
+        self.complete = not chunked and not self._left
         self.response_started = False
 
     async def receive_some(self, max_bytes: int = READ_SIZE) -> bytes:
@@ -239,59 +279,116 @@ class RequestBody:
     async def _next_data(self) -> bytes:
         if self.complete:
             return b""
-        if self._h11.they_are_waiting_for_100_continue and not self.response_started:
-            interim = h11.InformationalResponse(
-                status_code=100, headers=[], reason=reason_phrase(100)
-            )
-            await self._io.send(self._h11.send(interim) or b"")
-        limits = self._io.limits
+        io = self._io
+        if self._expects_continue:
+            self._expects_continue = False
+            if not self.response_started and not io.buffer:
+                await io.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        limits = io.limits
         while True:
-            try:
-                event = self._h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                if self._io.eof:
-                    raise ClientDisconnected("client closed the connection mid-body") from None
-                raise BadRequest(f"malformed request body: {exc}") from None
-            if event is h11.NEED_DATA:
-                with trio.move_on_after(limits.body_timeout) as scope:
-                    data = await self._io.receive()
-                if scope.cancelled_caught:
-                    raise RequestTimeout("the request body stalled")
-                self._h11.receive_data(data)
-            elif isinstance(event, h11.Data):
-                self._received += len(event.data)
-                if limits.max_body_bytes is not None and self._received > limits.max_body_bytes:
-                    raise PayloadTooLarge("the request body is larger than allowed")
-                if event.data:
-                    return bytes(event.data)
-            elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
+            data = self._decode()
+            if data is not None:
+                if data:
+                    self._received += len(data)
+                    if limits.max_body_bytes is not None and (
+                        self._received > limits.max_body_bytes
+                    ):
+                        raise PayloadTooLarge("the request body is larger than allowed")
+                return data
+            if io.eof:
+                raise ClientDisconnected("client closed the connection mid-body")
+            with trio.move_on_after(limits.body_timeout) as scope:
+                more = await io.receive()
+            if scope.cancelled_caught:
+                raise RequestTimeout("the request body stalled")
+            io.buffer += more
+
+    def _decode(self) -> bytes | None:
+        """The next body bytes in the buffer, ``b""`` at the end, None when more must arrive."""
+        buffer = self._io.buffer
+        if not self._chunked:
+            if not buffer:
+                return None
+            size = min(self._left, len(buffer))
+            data = bytes(buffer[:size])
+            del buffer[:size]
+            self._left -= size
+            self.complete = not self._left
+            return data
+        limit = self._io.limits.max_header_bytes
+        while True:
+            state = self._chunk_state
+            if state == _CHUNK_DATA:
+                if not buffer:
+                    return None
+                size = min(self._left, len(buffer))
+                data = bytes(buffer[:size])
+                del buffer[:size]
+                self._left -= size
+                if not self._left:
+                    self._chunk_state = _CHUNK_DATA_END
+                return data
+            line_end = buffer.find(b"\r\n", 0, limit + 2)
+            if line_end == -1:
+                if len(buffer) > limit or b"\n" in buffer:
+                    raise BadRequest("malformed request body: bad chunk line")
+                return None
+            line = bytes(buffer[:line_end])
+            del buffer[: line_end + 2]
+            if b"\r" in line or b"\n" in line:
+                raise BadRequest("malformed request body: bare CR or LF in a chunk line")
+            if state == _CHUNK_DATA_END:
+                if line:
+                    raise BadRequest("malformed request body: chunk longer than its size")
+                self._chunk_state = _CHUNK_SIZE_LINE
+            elif state == _CHUNK_SIZE_LINE:
+                match = _CHUNK_SIZE.fullmatch(line)
+                if match is None:
+                    raise BadRequest("malformed request body: bad chunk size")
+                self._left = int(match.group(1), 16)
+                self._chunk_state = _CHUNK_DATA if self._left else _CHUNK_TRAILERS
+            elif line:  # a trailer line: checked, counted, dropped
+                self._trailer_bytes += len(line) + 2
+                if self._trailer_bytes > limit or _TRAILER.fullmatch(line) is None:
+                    raise BadRequest("malformed request body: bad trailer")
+            else:
                 self.complete = True
                 return b""
-            else:
-                raise ClientDisconnected("client closed the connection during the body")
 
     def drain_buffered(self) -> None:
-        """Consume what h11 already holds without reading the socket (keep-alive recovery)."""
+        """Consume what is already buffered without reading the socket (keep-alive recovery)."""
         if self._failure is not None:
             return
+        self._pending = b""
         while not self.complete:
             try:
-                event = self._h11.next_event()
-            except h11.RemoteProtocolError:
+                if not self._decode():
+                    return
+            except RequestRejected:
                 return
-            if isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
-                self.complete = True
-            elif not isinstance(event, h11.Data):
-                return
+
+
+_CHUNK_SIZE_LINE = 0
+_CHUNK_DATA = 1
+_CHUNK_DATA_END = 2
+_CHUNK_TRAILERS = 3
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[\t\x20-\x7e\x80-\xff]*)?")
+_TRAILER = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*")
 
 
 class ResponseWriter:
-    """How a handler answers: a normal response, an error page, or a protocol upgrade."""
+    """How a handler answers: a normal response, an error page, or a protocol upgrade.
+
+    Responses are serialised here rather than through h11: the status line, the headers and
+    whatever body the handler already has go out in one write. Names and values are checked
+    byte for byte (a header from an origin can never split the response), and the framing
+    follows the headers: ``Content-Length`` when given (and then enforced), otherwise chunked
+    for HTTP/1.1 clients and close-delimited for HTTP/1.0 ones.
+    """
 
     def __init__(
         self,
         io: ClientIO,
-        h11_conn: h11.Connection,
         request: IncomingRequest,
         body: RequestBody,
         *,
@@ -299,15 +396,15 @@ class ResponseWriter:
     ) -> None:
         self._io = io
         self._upgrade_requested = upgrade_requested
-        self._h11 = h11_conn
         self._request = request
         self._body = body
         self._started = False
         self._status = 0
-        self._bodiless = False
+        self._framing = _NO_BODY
+        self._length_left = 0
         self.finished = False
         self.upgraded = False
-        self.must_close = False
+        self.must_close = request.close_requested or request.http_version == "1.0"
 
     @property
     def started(self) -> bool:
@@ -325,38 +422,96 @@ class ResponseWriter:
         self._body.response_started = True
         self._status = status
 
-    async def start(self, status: int, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
-        """Send the status line and headers; framing (length or chunked) follows the headers."""
+    async def start(
+        self,
+        status: int,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        *,
+        body: bytes = b"",
+        end: bool = False,
+    ) -> None:
+        """Send the status line and headers; framing (length or chunked) follows the headers.
+
+        ``body`` is sent with the head in the same write, and ``end=True`` completes the
+        response there too: a small response costs one write.
+        """
         if not 200 <= status <= 999:
             raise ResponseStateError("use upgrade() for 101; other 1xx answers are not supported")
         self._begin(status)
-        nominated = header_tokens(headers, b"connection")
+        nominated = header_tokens(headers, b"connection") if headers else set()
         if b"close" in nominated:
             self.must_close = True
-        clean = [
-            (name, value)
-            for name, value in headers
-            if (normalised := normalise_header_name(name)) not in _RESPONSE_HOP_BY_HOP
-            and normalised not in nominated
-        ]
+        lines = [_status_line(status)]
+        lengths: set[bytes] = set()
+        for name, value in headers:
+            normalised = normalise_header_name(name)
+            if normalised in _RESPONSE_HOP_BY_HOP or normalised in nominated:
+                continue
+            value = value.strip(b" \t")
+            if _TOKEN.fullmatch(name) is None or _FIELD_VALUE.fullmatch(value) is None:
+                self.must_close = True
+                raise ResponseStateError(f"invalid response header {name[:64]!r}")
+            if normalised == b"content-length":
+                lengths.add(value)
+            lines.append(name + b": " + value)
+        if self._request.method == "HEAD" or status in (204, 304):
+            self._framing = _NO_BODY
+        elif lengths:
+            length = lengths.pop()
+            if lengths or not length.isdigit():
+                self.must_close = True
+                raise ResponseStateError("invalid response: conflicting or bad Content-Length")
+            self._framing = _LENGTH
+            self._length_left = int(length)
+        elif self._request.http_version == "1.0":
+            self._framing = _UNTIL_CLOSE
+            self.must_close = True
+        else:
+            self._framing = _CHUNKED
+            lines.append(b"Transfer-Encoding: chunked")
         if self.must_close:
-            clean.append((b"Connection", b"close"))
-        self._bodiless = self._request.method == "HEAD" or status in (204, 304)
-        await self._send_event(
-            h11.Response(status_code=status, headers=clean, reason=reason_phrase(status))
-        )
+            lines.append(b"Connection: close")
+        lines.append(b"\r\n")
+        data = b"\r\n".join(lines)
+        if body:
+            data += self._frame(body)
+        if end:
+            data += self._finish()
+        await self._io.send(data)
 
     async def send(self, data: bytes) -> None:
         if not self._started or self.finished or self.upgraded:
             raise ResponseStateError("send() needs a started, unfinished response")
-        if data and not self._bodiless:
-            await self._send_event(h11.Data(data=data))
+        if data:
+            framed = self._frame(data)
+            if framed:
+                await self._io.send(framed)
 
     async def end(self) -> None:
         if not self._started or self.finished or self.upgraded:
             raise ResponseStateError("end() needs a started, unfinished response")
-        await self._send_event(h11.EndOfMessage())
+        await self._io.send(self._finish())
+
+    def _frame(self, data: bytes) -> bytes:
+        framing = self._framing
+        if framing == _CHUNKED:
+            return b"%x\r\n%b\r\n" % (len(data), data)
+        if framing == _LENGTH:
+            if len(data) > self._length_left:
+                self.must_close = True
+                raise ResponseStateError("invalid response: too much data for Content-Length")
+            self._length_left -= len(data)
+            return data
+        if framing == _UNTIL_CLOSE:
+            return data
+        return b""
+
+    def _finish(self) -> bytes:
+        if self._framing == _LENGTH and self._length_left:
+            self.must_close = True
+            raise ResponseStateError("invalid response: too little data for Content-Length")
         self.finished = True
+        return b"0\r\n\r\n" if self._framing == _CHUNKED else b""
 
     async def error(
         self,
@@ -382,9 +537,7 @@ class ResponseWriter:
             *error_page_headers(page.content_type, len(page.body), self._request.request_id),
             (b"Connection", b"close"),
         ]
-        await self.start(status, headers)
-        await self.send(page.body)
-        await self.end()
+        await self.start(status, headers, body=page.body, end=True)
 
     async def upgrade(
         self, status: int = 101, headers: Sequence[tuple[bytes, bytes]] = ()
@@ -400,24 +553,20 @@ class ResponseWriter:
             raise ResponseStateError("the request did not ask for an upgrade")
         while await self._body.receive_some():
             pass
+        lines = [_status_line(101)]
+        for name, value in headers:
+            value = value.strip(b" \t")
+            if _TOKEN.fullmatch(name) is None or _FIELD_VALUE.fullmatch(value) is None:
+                self.must_close = True
+                raise ResponseStateError(f"invalid response header {name[:64]!r}")
+            lines.append(name + b": " + value)
+        lines.append(b"\r\n")
         self._begin(101)
-        await self._send_event(
-            h11.InformationalResponse(
-                status_code=101, headers=list(headers), reason=reason_phrase(101)
-            )
-        )
+        await self._io.send(b"\r\n".join(lines))
         self.upgraded = True
-        leftover, _closed = self._h11.trailing_data
+        leftover = bytes(self._io.buffer)
+        self._io.buffer.clear()
         return UpgradedStream(self._io.stream, leftover)
-
-    async def _send_event(self, event: h11.Event) -> None:
-        try:
-            data = self._h11.send(event)
-        except h11.LocalProtocolError as exc:
-            self.must_close = True
-            raise ResponseStateError(f"invalid response: {exc}") from None
-        if data is not None:
-            await self._io.send(data)
 
 
 _RESPONSE_HOP_BY_HOP = frozenset(
@@ -431,6 +580,24 @@ _RESPONSE_HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
+# Body framings of a response.
+_NO_BODY = 0
+_LENGTH = 1
+_CHUNKED = 2
+_UNTIL_CLOSE = 3
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# A field value without leading or trailing whitespace; no control bytes but HTAB.
+_FIELD_VALUE = re.compile(
+    rb"(?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?"
+)
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = _STATUS_LINES[status] = b"HTTP/1.1 %d %b" % (status, reason_phrase(status))
+    return line
 
 
 class UpgradedStream(trio.abc.Stream):

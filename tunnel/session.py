@@ -2,11 +2,13 @@
 
 Three tasks per session, whatever the number of streams:
 
-* the reader turns messages into protocol events and hands them to streams; it
-  never waits on a stream (stream buffers are bounded by their windows);
-* the writer waits until the protocol has bytes queued, takes *all* of them and
-  sends them as one message, so frames queued meanwhile by many streams share one
-  write;
+* the reader turns payload into protocol events as it arrives (a large message is
+  parsed piece by piece) and hands them to streams; it never waits on a stream
+  (stream buffers are bounded by their windows);
+* the writer waits until the protocol has bytes queued, gives the tasks that queued
+  them a few scheduling rounds to finish what they are queueing (a head, its body,
+  its end), then takes *all* of it and sends it as one message, so frames queued
+  meanwhile by many streams share one write;
 * the heartbeat sends a PING every ``heartbeat_interval`` and declares the link
   dead when nothing at all arrived for ``heartbeat_timeout``. Time comes from
   trio's clock, so tests run it on a ``MockClock``.
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -66,6 +68,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_OUTGOING = 1024 * 1024
 # Larger batches are cut into several WebSocket messages; the protocol is self-framed.
 MAX_MESSAGE_BYTES = 1024 * 1024
+# Scheduling rounds the writer waits, while frames keep arriving, before it writes them.
+COALESCE_ROUNDS = 3
 # The reader pauses when this many times max_outgoing bytes wait to be written.
 READER_PAUSE_FACTOR = 4
 _PING_COUNTER = struct.Struct(">Q")
@@ -93,13 +97,35 @@ DEFAULT_TIMING = SessionTiming()
 
 @dataclass(slots=True)
 class SessionCounters:
-    """Running totals read by metrics; wire bytes include WebSocket payload only."""
+    """Running totals read by metrics; wire bytes include WebSocket payload only.
+
+    ``messages_sent`` counts WebSocket messages written; ``messages_received`` counts the
+    pieces of payload read (a large message may arrive, and be parsed, in several).
+    """
 
     bytes_received: int = 0
     bytes_sent: int = 0
     messages_received: int = 0
     messages_sent: int = 0
     streams_total: int = 0
+
+
+def _batches(parts: list[bytes], limit: int) -> Iterator[list[bytes | memoryview]]:
+    """Cut queued frames into messages of at most ``limit`` bytes (frames may straddle)."""
+    batch: list[bytes | memoryview] = []
+    room = limit
+    for part in parts:
+        view = memoryview(part)
+        while view:
+            if not room:
+                yield batch
+                batch, room = [], limit
+            piece = view[:room]
+            batch.append(piece)
+            room -= len(piece)
+            view = view[len(piece) :]
+    if batch:
+        yield batch
 
 
 class TunnelSession:
@@ -393,14 +419,22 @@ class TunnelSession:
                         return
                     await self._writer_wakeup.wait()
                     self._writer_wakeup = trio.Event()
+                    # The task that queued a frame is often about to queue more (a head,
+                    # then its body, then its end): let it, so they share one message.
+                    for _round in range(COALESCE_ROUNDS):
+                        queued = connection.outgoing_size
+                        await trio.lowlevel.checkpoint()
+                        if connection.outgoing_size == queued:
+                            break
                     continue
-                data = connection.data_to_send()
-                if len(data) <= MAX_MESSAGE_BYTES:
-                    await transport.send_message(data)
+                size = connection.outgoing_size
+                parts = connection.take_outgoing()
+                if size <= MAX_MESSAGE_BYTES:
+                    await transport.send_parts(parts)
                 else:
-                    for offset in range(0, len(data), MAX_MESSAGE_BYTES):
-                        await transport.send_message(data[offset : offset + MAX_MESSAGE_BYTES])
-                counters.bytes_sent += len(data)
+                    for batch in _batches(parts, MAX_MESSAGE_BYTES):
+                        await transport.send_parts(batch)
+                counters.bytes_sent += size
                 counters.messages_sent += 1
                 self._room.unpark_all()
         except TransportError as error:
@@ -415,7 +449,7 @@ class TunnelSession:
         dispatch = self._dispatch
         while True:
             try:
-                message = await transport.receive_message()
+                message = await transport.receive_data()
             except TransportClosed as error:
                 self._transport_ended(error)
                 return

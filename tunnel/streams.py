@@ -190,6 +190,17 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         finally:
             self._receiving = False
 
+    @property
+    def remote_finished(self) -> bool:
+        """The peer ended its side and everything it sent has been taken."""
+        return self._remote_ended and not self._inbound and self._broken() is None
+
+    def take_buffered(self, max_bytes: int = DEFAULT_RECEIVE_SIZE) -> bytes:
+        """Up to ``max_bytes`` already received, without waiting (``b""`` when none)."""
+        if self._closed or not self._inbound:
+            return b""
+        return self._take(max_bytes)
+
     def _take(self, max_bytes: int) -> bytes:
         inbound = self._inbound
         parts: list[bytes] = []

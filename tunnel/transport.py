@@ -6,8 +6,16 @@ things it guarantees that the session relies on:
 * the upgrade is capped in bytes (``max_handshake_bytes``) and, on the server, the
   credential check runs on the parsed request *before* any WebSocket exists, so a
   bad credential costs one HTTP response and nothing else;
-* a message larger than ``max_message_size`` closes the connection (1009) instead
-  of growing a buffer.
+* a message larger than ``max_message_size`` closes the connection (1009) as soon
+  as a frame header announces it, before its payload is buffered.
+
+wsproto serves the upgrade only. After it, frames are encoded and parsed here:
+every response body crosses the tunnel from the connector, which as the WebSocket
+client must mask what it sends, and a general-purpose frame layer spends more on
+copies than on the masking itself. Masking uses a fresh random key per frame and
+``bytes.translate`` over the four byte lanes, so it runs in C at close to memory-copy
+speed (``tunnel.protocol.websocket``). Only the upgrade head is fed to wsproto; bytes
+that follow it in the same read already belong to the first frames.
 
 Time limits belong to the caller (``trio.move_on_after`` around the handshake).
 """
@@ -15,22 +23,17 @@ Time limits belong to the caller (``trio.move_on_after`` around the handshake).
 from __future__ import annotations
 
 import logging
-from collections import deque
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import trio
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Ping,
     RejectConnection,
     RejectData,
     Request,
-    TextMessage,
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
@@ -41,6 +44,26 @@ from .errors import (
     MessageTooLarge,
     TransportClosed,
     TransportError,
+)
+from .protocol.websocket import (
+    CLOSE_NO_STATUS,
+    CLOSE_NORMAL,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_TOO_BIG,
+    CLOSE_UNSUPPORTED_DATA,
+    FIN,
+    MASKED,
+    MAX_CONTROL_PAYLOAD,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    U16,
+    U64,
+    frame_header,
+    mask_in_place,
 )
 
 __all__ = [
@@ -66,9 +89,7 @@ MAX_REJECTION_BODY = 16 * 1024
 RECEIVE_SIZE = 256 * 1024
 CLOSE_SEND_TIMEOUT = 1.0
 
-_CLOSE_NORMAL = 1000
-_CLOSE_UNSUPPORTED_DATA = 1003
-_CLOSE_TOO_BIG = 1009
+RandomBytes = Callable[[int], bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,29 +122,44 @@ Authorize = Callable[[HandshakeRequest], Rejection | None]
 
 
 class WebSocketTransport:
-    """Binary WebSocket messages over a trio stream.
+    """Binary WebSocket messages over a trio stream, after the upgrade.
 
     One task may send while another receives. Pongs and close replies produced while
     receiving are written by the receiver only when no send is in progress, otherwise
     by the sender right after its message, so the reader never waits on the writer.
+
+    ``receive_data()`` returns message payload as it arrives, possibly part of a
+    message (the tunnel protocol frames itself); ``receive_message()`` returns whole
+    messages. Use one or the other on a transport.
     """
 
     def __init__(
         self,
         stream: trio.abc.Stream,
-        ws: WSConnection,
         *,
+        client: bool,
+        received: bytes = b"",
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        random_bytes: RandomBytes = os.urandom,
     ) -> None:
         self._stream = stream
-        self._ws = ws
+        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
+        self._client = client
+        self._random_bytes = random_bytes
         self.max_message_size = max_message_size
         self._send_lock = trio.Lock()
         self._pending_control = bytearray()
-        self._ready: deque[bytes] = deque()
-        self._parts: list[bytes] = []
-        self._partial_size = 0
+        self._buffer = bytearray(received)
+        # The data frame being received: payload bytes still to come, its key and flags.
+        self._remaining = 0
+        self._key: bytes | None = None
+        self._key_offset = 0
+        self._final = True
+        self._in_message = False
+        self._message_size = 0
+        self._message_end = False
         self._end: TransportError | None = None
+        self._close_sent = False
         self._closed = False
         self._write_failed = False
 
@@ -131,22 +167,55 @@ class WebSocketTransport:
     def stream(self) -> trio.abc.Stream:
         return self._stream
 
-    async def send_message(self, data: bytes) -> None:
-        if self._closed:
-            raise TransportClosed("the transport is closed locally")
-        async with self._send_lock:
-            try:
-                payload = self._ws.send(BytesMessage(data=data))
-            except LocalProtocolError:
-                raise TransportClosed("the WebSocket is closing") from None
-            await self._write(payload)
-            await self._flush_control_locked()
+    # -- sending -----------------------------------------------------------------------
 
-    async def _write(self, payload: bytes) -> None:
+    def _encode(
+        self, opcode: int, parts: Sequence[bytes | bytearray | memoryview]
+    ) -> bytes | bytearray:
+        length = sum(len(part) for part in parts)
+        if not self._client:
+            return b"".join([frame_header(opcode, length, None), *parts])
+        key = self._random_bytes(4)
+        header = frame_header(opcode, length, key)
+        frame = bytearray().join([header, *parts])
+        mask_in_place(frame, key, len(header))
+        return frame
+
+    async def send_message(self, data: bytes | bytearray | memoryview) -> None:
+        await self.send_parts((data,))
+
+    async def send_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Send the concatenation of ``parts`` as one binary message."""
+        if self._closed or self._close_sent:
+            raise TransportClosed("the transport is closed locally")
+        lock = self._send_lock
+        try:
+            lock.acquire_nowait()  # the usual case: the session's writer is the only sender
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            await self._write(self._encode(OP_BINARY, parts))
+            await self._flush_control_locked()
+        finally:
+            lock.release()
+
+    async def _write(self, payload: bytes | bytearray) -> None:
         if self._write_failed:
             raise TransportClosed("an earlier send was interrupted; the framing is lost")
+        sent = 0
+        if self._fd is not None:
+            # First without trio's machinery: the socket buffer usually takes it all at once.
+            try:
+                sent = os.write(self._fd, payload)
+            except BlockingIOError:
+                pass
+            except OSError as error:
+                self._write_failed = True
+                raise TransportClosed(f"the connection broke while sending: {error}") from None
+            if sent == len(payload):
+                return
         try:
-            await self._stream.send_all(payload)
+            await self._stream.send_all(memoryview(payload)[sent:] if sent else payload)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
             self._write_failed = True
             raise TransportClosed(f"the connection broke while sending: {error}") from None
@@ -166,64 +235,182 @@ class WebSocketTransport:
             async with self._send_lock:
                 await self._flush_control_locked()
 
-    async def receive_message(self) -> bytes:
-        """The next complete binary message; raises TransportClosed at the end."""
+    def _queue_control(self, opcode: int, payload: bytes) -> None:
+        self._pending_control += self._encode(opcode, (payload,))
+
+    def _queue_close(self, code: int, reason: str = "") -> None:
+        if self._close_sent:
+            return
+        self._close_sent = True
+        self._queue_control(OP_CLOSE, U16.pack(code) + reason.encode("utf-8")[:120])
+
+    # -- receiving ---------------------------------------------------------------------
+
+    async def receive_data(self) -> bytes | bytearray:
+        """Payload bytes of the next binary message(s); raises TransportClosed at the end."""
         while True:
-            if self._ready:
-                return self._ready.popleft()
-            if self._end is not None:
-                raise self._end
-            self._process_events()
+            chunk = self._parse()
+            if chunk is not None:
+                return chunk
             if self._pending_control:
                 try:
                     await self._flush_control()
                 except TransportClosed:
                     pass
-            if self._ready or self._end is not None:
-                continue
+            if self._end is not None:
+                raise self._end
             try:
                 data = await self._stream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
                 self._end = TransportClosed(f"the connection broke while receiving: {error}")
                 continue
-            self._ws.receive_data(bytes(data) if data else None)
+            if not data:
+                self._end = TransportClosed("the connection ended without a close frame")
+                continue
+            if not self._buffer and len(data) <= self._remaining:
+                # The common case in bulk transfers: the read is all payload of one frame.
+                return self._payload(data if self._key is not None else bytes(data))
+            self._buffer += data
 
-    def _process_events(self) -> None:
-        for event in self._ws.events():
-            if isinstance(event, BytesMessage):
-                self._partial_size += len(event.data)
-                if self._partial_size > self.max_message_size:
-                    self._fail_locally(
-                        _CLOSE_TOO_BIG,
-                        MessageTooLarge(f"a message exceeded {self.max_message_size} bytes"),
-                    )
-                    return
-                self._parts.append(bytes(event.data))
-                if event.message_finished:
-                    parts = self._parts
-                    self._ready.append(parts[0] if len(parts) == 1 else b"".join(parts))
-                    self._parts = []
-                    self._partial_size = 0
-            elif isinstance(event, Ping):
-                self._pending_control += self._ws.send(event.response())
-            elif isinstance(event, CloseConnection):
-                if self._ws.state is ConnectionState.REMOTE_CLOSING:
-                    self._pending_control += self._ws.send(event.response())
-                self._end = TransportClosed(
-                    f"the peer closed the WebSocket ({event.code} {event.reason or ''})".strip(),
-                    code=event.code,
-                )
+    async def receive_message(self) -> bytes:
+        """The next complete binary message; raises TransportClosed at the end."""
+        parts: list[bytes | bytearray] = []
+        while True:
+            parts.append(await self.receive_data())
+            if self._message_end:
+                return b"".join(parts)
+
+    def _payload(self, data: bytes | bytearray) -> bytes | bytearray:
+        """Account for (and unmask) the next ``len(data)`` payload bytes of the frame."""
+        size = len(data)
+        self._remaining -= size
+        key = self._key
+        if key is not None:
+            chunk = data if isinstance(data, bytearray) else bytearray(data)
+            offset = self._key_offset
+            mask_in_place(chunk, key[offset:] + key[:offset] if offset else key)
+            self._key_offset = (offset + size) % 4
+            data = chunk
+        self._message_end = self._final and not self._remaining
+        return data
+
+    def _parse(self) -> bytes | bytearray | None:
+        """Payload bytes available now, or None when more input is needed (or it ended)."""
+        buffer = self._buffer
+        self._message_end = False
+        while self._end is None:
+            if self._remaining:
+                size = min(self._remaining, len(buffer))
+                if not size:
+                    return None
+                chunk = buffer[:size]
+                del buffer[:size]
+                return self._payload(chunk)
+            parsed = self._parse_header(buffer)
+            if parsed is None:
+                return None
+            if parsed:  # a data frame: an empty final one ends its message here
+                self._message_end = self._final and not self._remaining
+                if self._message_end:
+                    return b""
+        return None
+
+    def _parse_header(self, buffer: bytearray) -> bool | None:
+        """Consume one frame header (a data frame: True) or whole control frame (False).
+
+        None when the frame is incomplete or broke the protocol (then ``_end`` is set).
+        """
+        if len(buffer) < 2:
+            return None
+        first, second = buffer[0], buffer[1]
+        opcode = first & 0x0F
+        length = second & 0x7F
+        offset = 2
+        if length == 126:
+            offset = 4
+        elif length == 127:
+            offset = 10
+        masked = bool(second & MASKED)
+        header_size = offset + (4 if masked else 0)
+        if len(buffer) < header_size:
+            return None
+        if length == 126:
+            length = U16.unpack_from(buffer, 2)[0]
+        elif length == 127:
+            length = U64.unpack_from(buffer, 2)[0]
+        if first & 0x70:
+            self._violation("reserved bits set without a negotiated extension")
+            return None
+        if masked == self._client:
+            self._violation("frame masking does not match the peer's role")
+            return None
+        final = bool(first & FIN)
+        if opcode >= OP_CLOSE:
+            if length > MAX_CONTROL_PAYLOAD or not final:
+                self._violation("control frame is fragmented or too long")
+                return None
+            if len(buffer) < header_size + length:
+                return None
+            payload = bytearray(buffer[header_size : header_size + length])
+            if masked:
+                mask_in_place(payload, bytes(buffer[offset:header_size]))
+            del buffer[: header_size + length]
+            self._on_control(opcode, bytes(payload))
+            return False
+        if opcode == OP_TEXT:
+            self._fail_locally(
+                CLOSE_UNSUPPORTED_DATA, TransportError("text message on a binary tunnel")
+            )
+            return None
+        if opcode == OP_CONTINUATION:
+            if not self._in_message:
+                self._violation("continuation frame without a message")
+                return None
+        elif opcode == OP_BINARY:
+            if self._in_message:
+                self._violation("new message inside a fragmented one")
+                return None
+            self._message_size = 0
+        else:
+            self._violation(f"unknown opcode {opcode:#x}")
+            return None
+        self._message_size += length
+        if self._message_size > self.max_message_size:
+            self._fail_locally(
+                CLOSE_TOO_BIG, MessageTooLarge(f"a message exceeded {self.max_message_size} bytes")
+            )
+            return None
+        self._key = bytes(buffer[offset:header_size]) if masked else None
+        self._key_offset = 0
+        self._remaining = length
+        self._final = final
+        self._in_message = not final
+        del buffer[:header_size]
+        return True
+
+    def _on_control(self, opcode: int, payload: bytes) -> None:
+        if opcode == OP_PING:
+            if not self._close_sent:
+                self._queue_control(OP_PONG, payload)
+        elif opcode == OP_CLOSE:
+            if len(payload) == 1:
+                self._violation("close frame with a one-byte payload")
                 return
-            elif isinstance(event, TextMessage):
-                self._fail_locally(
-                    _CLOSE_UNSUPPORTED_DATA, TransportError("text message on a binary tunnel")
-                )
-                return
+            code = U16.unpack_from(payload)[0] if payload else CLOSE_NO_STATUS
+            reason = payload[2:].decode("utf-8", errors="replace")
+            self._queue_close(code if payload else CLOSE_NORMAL)
+            self._end = TransportClosed(
+                f"the peer closed the WebSocket ({code} {reason})".strip(), code=code
+            )
+        elif opcode != OP_PONG:
+            self._violation(f"unknown control opcode {opcode:#x}")
+
+    def _violation(self, reason: str) -> None:
+        self._fail_locally(CLOSE_PROTOCOL_ERROR, TransportError(f"WebSocket: {reason}"))
 
     def _fail_locally(self, code: int, error: TransportError) -> None:
         logger.debug("closing the WebSocket with %d: %s", code, error)
-        if self._ws.state is ConnectionState.OPEN:
-            self._pending_control += self._ws.send(CloseConnection(code=code))
+        self._queue_close(code)
         self._end = error
 
     async def aclose(self) -> None:
@@ -234,19 +421,27 @@ class WebSocketTransport:
         self._closed = True
         try:
             graceful = not self._send_lock.locked() and not self._write_failed
-            if self._ws.state is ConnectionState.OPEN and graceful:
-                self._pending_control += self._ws.send(CloseConnection(code=_CLOSE_NORMAL))
-            if self._pending_control and graceful:
+            if graceful:
+                self._queue_close(CLOSE_NORMAL)
                 with trio.move_on_after(CLOSE_SEND_TIMEOUT):
                     await self._flush_control()
-        except (TransportClosed, LocalProtocolError):
+        except TransportClosed:
             pass
         finally:
+            self._fd = None  # the descriptor may be reused once the socket is closed
             await self._stream.aclose()
 
 
 def _encode_headers(headers: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+
+
+def _head_end(buffer: bytes | bytearray) -> int | None:
+    """Index just past the blank line that ends an HTTP head, if it has arrived."""
+    crlf = buffer.find(b"\r\n\r\n")
+    lf = buffer.find(b"\n\n")
+    ends = [index + size for index, size in ((crlf, 4), (lf, 2)) if index != -1]
+    return min(ends) if ends else None
 
 
 async def connect_websocket(
@@ -257,6 +452,7 @@ async def connect_websocket(
     headers: Sequence[tuple[str, str]] = (),
     max_handshake_bytes: int = DEFAULT_MAX_HANDSHAKE_BYTES,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    random_bytes: RandomBytes = os.urandom,
 ) -> WebSocketTransport:
     """Upgrade ``stream`` as the client; raises HandshakeRefused on a non-101 answer."""
     ws = WSConnection(ConnectionType.CLIENT)
@@ -265,13 +461,20 @@ async def connect_websocket(
         await stream.send_all(ws.send(request))
     except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
         raise HandshakeError(f"the connection broke during the upgrade: {error}", 502) from None
-    received = 0
+    head = bytearray()
+    leftover = b""
     status: int | None = None
     body = bytearray()
     while True:
         for event in ws.events():
             if isinstance(event, AcceptConnection):
-                return WebSocketTransport(stream, ws, max_message_size=max_message_size)
+                return WebSocketTransport(
+                    stream,
+                    client=True,
+                    received=leftover,
+                    max_message_size=max_message_size,
+                    random_bytes=random_bytes,
+                )
             if isinstance(event, RejectConnection):
                 status = event.status_code
                 if not event.has_body:
@@ -280,19 +483,33 @@ async def connect_websocket(
                 body += event.data[: MAX_REJECTION_BODY - len(body)]
                 if event.body_finished or len(body) >= MAX_REJECTION_BODY:
                     raise HandshakeRefused(status, bytes(body))
+        if status is not None and leftover:
+            # A refusal's body: wsproto reads it through its own HTTP parser.
+            data, leftover = leftover, b""
+        else:
+            try:
+                data = bytes(await stream.receive_some(RECEIVE_SIZE))
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+                raise HandshakeError(
+                    f"the connection broke during the upgrade: {error}", 502
+                ) from None
+            if not data:
+                if status is not None:
+                    raise HandshakeRefused(status, bytes(body))
+                raise HandshakeError("the server closed the connection during the upgrade", 502)
+        if status is None:
+            # Feed wsproto the response head only: what follows a 101 is WebSocket frames.
+            head += data
+            end = _head_end(head)
+            if end is None:
+                if len(head) > max_handshake_bytes:
+                    raise HandshakeError(
+                        f"upgrade response exceeds {max_handshake_bytes} bytes", 502
+                    )
+                continue
+            data, leftover = bytes(head[:end]), bytes(head[end:])
         try:
-            data = await stream.receive_some(RECEIVE_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
-            raise HandshakeError(f"the connection broke during the upgrade: {error}", 502) from None
-        if not data:
-            if status is not None:
-                raise HandshakeRefused(status, bytes(body))
-            raise HandshakeError("the server closed the connection during the upgrade", 502)
-        received += len(data)
-        if status is None and received > max_handshake_bytes:
-            raise HandshakeError(f"upgrade response exceeds {max_handshake_bytes} bytes", 502)
-        try:
-            ws.receive_data(bytes(data))
+            ws.receive_data(data)
         except (RemoteProtocolError, ValueError) as error:
             raise HandshakeError(f"malformed upgrade response: {error}", 502) from None
 
@@ -324,30 +541,31 @@ async def accept_websocket(
     ``authorize`` said no) is raised; the caller still owns and closes ``stream``.
     """
     ws = WSConnection(ConnectionType.SERVER)
-    received = 0
-    request: Request | None = None
-    while request is None:
-        for event in ws.events():
-            if isinstance(event, Request):
-                request = event
-                break
-        if request is not None:
-            break
+    head = bytearray()
+    while True:
         try:
             data = await stream.receive_some(RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
             raise HandshakeError(f"the connection broke during the upgrade: {error}") from None
         if not data:
             raise HandshakeError("the client closed the connection before upgrading")
-        received += len(data)
-        if received > max_handshake_bytes:
+        head += data
+        end = _head_end(head)
+        if (end if end is not None else len(head)) > max_handshake_bytes:
             await _answer_raw(stream, 431)
             raise HandshakeError(f"upgrade request exceeds {max_handshake_bytes} bytes", 431)
-        try:
-            ws.receive_data(bytes(data))
-        except (RemoteProtocolError, ValueError) as error:
-            await _answer_raw(stream, 400)
-            raise HandshakeError(f"not a valid WebSocket upgrade: {error}") from None
+        if end is not None:
+            break
+    leftover = bytes(head[end:])
+    try:
+        ws.receive_data(bytes(head[:end]))
+    except (RemoteProtocolError, ValueError) as error:
+        await _answer_raw(stream, 400)
+        raise HandshakeError(f"not a valid WebSocket upgrade: {error}") from None
+    request = next((event for event in ws.events() if isinstance(event, Request)), None)
+    if request is None:
+        await _answer_raw(stream, 400)
+        raise HandshakeError("not a valid WebSocket upgrade: no request")
 
     handshake = HandshakeRequest(
         path=request.target,
@@ -378,6 +596,11 @@ async def accept_websocket(
                 f"upgrade refused with {rejection.status_code}", rejection.status_code
             )
         await stream.send_all(ws.send(AcceptConnection()))
+    except LocalProtocolError as error:
+        raise HandshakeError(f"the upgrade could not be answered: {error}") from None
     except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
         raise HandshakeError(f"the connection broke during the upgrade: {error}") from None
-    return WebSocketTransport(stream, ws, max_message_size=max_message_size), handshake
+    transport = WebSocketTransport(
+        stream, client=False, received=leftover, max_message_size=max_message_size
+    )
+    return transport, handshake

@@ -172,6 +172,13 @@ class TunnelConnection:
         self._out_size = 0
         return data
 
+    def take_outgoing(self) -> list[bytes]:
+        """Everything queued, as the list of its pieces (saves the copy of ``data_to_send``)."""
+        out = self._out
+        self._out = []
+        self._out_size = 0
+        return out
+
     # -- sending ---------------------------------------------------------------------
 
     def _queue(self, frame_type: int, flags: int, stream_id: int, payload: bytes) -> None:
@@ -221,6 +228,8 @@ class TunnelConnection:
         payload = encode_json(head)
         peer = self._peer()
         limit = min(peer.max_header_block, peer.max_frame_size)
+        if len(payload) > limit:
+            payload = encode_json(head, compact=True)
         if len(payload) > limit:
             raise LocalProtocolError(
                 ErrorCode.HEAD_TOO_LARGE, f"head of {len(payload)} bytes exceeds the peer's {limit}"

@@ -56,6 +56,8 @@ CONNECTION_FRAMES = frozenset(
     }
 )
 _KNOWN_TYPES = frozenset(int(t) for t in FrameType)
+# FrameType by code without an enum lookup per frame (codes are checked against _KNOWN_TYPES).
+_FRAME_TYPES = {int(t): t for t in FrameType}
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +96,7 @@ class FrameReader:
             source: bytes | bytearray = buffer
         else:
             # Common case: the message holds whole frames; parse it without copying it first.
-            source = data if isinstance(data, bytes) else bytes(data)
+            source = data if isinstance(data, (bytes, bytearray)) else bytes(data)
         frames: list[Frame] = []
         position = 0
         end = len(source)
@@ -122,7 +124,7 @@ class FrameReader:
                     break
                 position = start + length
                 frames.append(
-                    Frame(FrameType(frame_type), flags, stream_id, bytes(view[start:position]))
+                    Frame(_FRAME_TYPES[frame_type], flags, stream_id, bytes(view[start:position]))
                 )
         if source is buffer:
             del buffer[:position]
@@ -134,9 +136,19 @@ class FrameReader:
 # -- payload codecs -------------------------------------------------------------------------
 
 
-def encode_json(value: dict[str, Any]) -> bytes:
+# Encoders are built once (json.dumps with options builds one per call). The ASCII form
+# (non-ASCII as \u escapes) encodes several times faster; the UTF-8 form is the compact one
+# for the rare head whose escapes would push it over a size limit.
+_JSON_ASCII = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
+_JSON_UTF8 = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_json(value: dict[str, Any], *, compact: bool = False) -> bytes:
+    """JSON for a payload; ``compact`` spends more time to write non-ASCII text unescaped."""
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if compact:
+            return _JSON_UTF8.encode(value).encode("utf-8")
+        return _JSON_ASCII.encode(value).encode("ascii")
     except (TypeError, ValueError) as error:
         raise LocalProtocolError(
             ErrorCode.INTERNAL_ERROR, f"not JSON-serialisable: {error}"

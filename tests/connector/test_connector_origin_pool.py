@@ -1,0 +1,155 @@
+"""The connector's HTTP/1.1 client codec: requests written byte-exact, responses framed
+strictly (chunked, length, to-close), and connections reused only when that is safe."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from connector.errors import OriginUnreachable
+from connector.origin_pool import InvalidRequest, OriginConnection, encode_request_head
+
+
+def connection_with_answer(answer: bytes, *, piece: int = 7) -> OriginConnection:
+    """An origin connection whose origin sends ``answer`` in ``piece``-byte reads, then EOF."""
+    pieces = [answer[offset : offset + piece] for offset in range(0, len(answer), piece)]
+    incoming = trio.testing.MemoryReceiveStream()
+
+    async def next_piece() -> None:
+        if pieces:
+            incoming.put_data(pieces.pop(0))
+        else:
+            incoming.put_eof()
+
+    incoming.receive_some_hook = next_piece
+    return OriginConnection(trio.StapledStream(trio.testing.MemorySendStream(), incoming))
+
+
+async def read_all(conn: OriginConnection) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    head = await conn.read_head()
+    while head.status < 200:
+        head = await conn.read_head()
+    body = b""
+    while data := await conn.read_body():
+        body += data
+    return head.status, head.headers, body
+
+
+def test_request_head_is_written_byte_exact() -> None:
+    head = encode_request_head(
+        b"POST", b"/upload?x=1", [(b"Host", b"app.internal"), (b"X-Pad", b" spaced\t")]
+    )
+    assert head == b"POST /upload?x=1 HTTP/1.1\r\nHost: app.internal\r\nX-Pad: spaced\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "headers"),
+    [
+        (b"GET", b"/", [(b"X-A", b"one\r\nX-Injected: two")]),
+        (b"GET", b"/", [(b"X A", b"v")]),
+        (b"GET", b"/", [(b"X-A", b"nul\x00")]),
+        (b"GET", b"/a b", []),
+        (b"G ET", b"/", []),
+    ],
+    ids=["crlf-in-value", "space-in-name", "nul-in-value", "space-in-target", "bad-method"],
+)
+def test_request_head_that_could_split_is_refused(
+    method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    with pytest.raises(InvalidRequest):
+        encode_request_head(method, target, headers)
+
+
+async def test_chunked_response_with_extensions_and_trailers() -> None:
+    conn = connection_with_answer(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n"
+        b"5;name=value\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nX-Trailer: t\r\n\r\n"
+    )
+    status, headers, body = await read_all(conn)
+    assert (status, body) == (200, b"hello world")
+    assert (b"X-A", b"1") in headers
+    assert conn.response_done
+    assert conn.reusable
+
+
+async def test_interim_answers_are_skipped_and_length_is_honoured() -> None:
+    conn = connection_with_answer(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\nbody"
+    )
+    assert await read_all(conn) == (201, [(b"Content-Length", b"4")], b"body")
+    assert conn.reusable
+
+
+async def test_body_until_close_is_read_whole_and_never_reused() -> None:
+    conn = connection_with_answer(b"HTTP/1.1 200 OK\r\n\r\nall of it", piece=3)
+    assert (await read_all(conn))[2] == b"all of it"
+    assert not conn.reusable
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 2\r\n\r\nok",
+    ],
+    ids=["http10", "connection-close"],
+)
+async def test_answers_that_end_the_connection_are_not_reused(answer: bytes) -> None:
+    conn = connection_with_answer(answer)
+    assert (await read_all(conn))[2] == b"ok"
+    assert not conn.reusable
+
+
+async def test_head_and_204_have_no_body_whatever_their_length_says() -> None:
+    conn = connection_with_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n")
+    head = await conn.read_head(head_request=True)
+    assert head.status == 200
+    assert conn.response_done
+    conn = connection_with_answer(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n")
+    await conn.read_head()
+    assert conn.response_done
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A: one\r\n two\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX A: one\r\n\r\n",
+        b"HTTP/1.1 OK\r\n\r\n",
+        b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
+    ],
+    ids=["te-and-cl", "two-lengths", "negative", "gzip", "obs-fold", "space-in-name",
+         "no-status", "not-http"],
+)
+async def test_ambiguous_or_broken_framing_is_unreachable(answer: bytes) -> None:
+    conn = connection_with_answer(answer)
+    with pytest.raises(OriginUnreachable):
+        await read_all(conn)
+    assert not conn.reusable
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+    ],
+    ids=["bad-size", "data-longer-than-size", "short-length", "cut-chunk"],
+)
+async def test_bodies_that_break_their_framing_are_unreachable(answer: bytes) -> None:
+    conn = connection_with_answer(answer)
+    with pytest.raises(OriginUnreachable):
+        await read_all(conn)
+
+
+async def test_oversized_response_head_is_refused() -> None:
+    conn = connection_with_answer(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000, piece=8192)
+    with pytest.raises(OriginUnreachable, match="exceeds"):
+        await conn.read_head()

@@ -1,0 +1,129 @@
+"""Message framing of the edge's own HTTP/1.1 codec: lengths that must agree, chunked bodies
+with trailers, responses answered in one write, and headers that could split a response."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from edge.http11 import IncomingRequest, RequestBody, ResponseStateError, ResponseWriter
+from edge.http_messages import ClientIO, HttpLimits
+
+from .wire import Recorder, parse_responses, request, run_raw
+
+
+async def test_a_repeated_equal_content_length_is_one_length() -> None:
+    recorder = Recorder()
+    raw = (
+        b"POST /a HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 5, 5\r\n\r\nhello"
+        + request("/b")
+    )
+    responses = parse_responses(await run_raw(raw, recorder))
+    assert [r.status for r in responses] == [200, 200]
+    assert recorder.bodies == [b"hello", b""]
+    assert recorder.requests[0].content_length == 5
+
+
+async def test_chunked_body_with_extensions_and_trailers_then_a_pipelined_request() -> None:
+    recorder = Recorder()
+    raw = (
+        b"POST /a HTTP/1.1\r\nHost: app.example.com\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Checksum: 12\r\n\r\n" + request("/b")
+    )
+    responses = parse_responses(await run_raw(raw, recorder))
+    assert [r.status for r in responses] == [200, 200]
+    assert recorder.bodies == [b"abcde", b""]
+    assert recorder.requests[0].chunked
+    assert recorder.requests[0].has_body
+    assert not recorder.requests[1].has_body
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [b"3\nabc\r\n0\r\n\r\n", b"3\r\nabcX\r\n0\r\n\r\n", b"zz\r\n", b"0\r\nbad trailer\r\n\r\n"],
+    ids=["bare-lf-size", "data-longer-than-size", "bad-size", "bad-trailer"],
+)
+async def test_malformed_chunk_framing_is_refused(chunks: bytes) -> None:
+    raw = b"POST / HTTP/1.1\r\nHost: app.example.com\r\nTransfer-Encoding: chunked\r\n\r\n"
+    responses = parse_responses(await run_raw(raw + chunks, Recorder()))
+    assert [r.status for r in responses] == [400]
+
+
+class CountingStream(trio.abc.Stream):
+    """A stream that records each write, to see how a response was cut."""
+
+    def __init__(self, incoming: bytes) -> None:
+        self.writes: list[bytes] = []
+        self._incoming = incoming
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        self.writes.append(bytes(data))
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        data, self._incoming = self._incoming, b""
+        return data
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+def writer_for(stream: CountingStream, http_version: str = "1.1") -> ResponseWriter:
+    io = ClientIO(stream, HttpLimits())
+    incoming = IncomingRequest(
+        method="GET", host="app.example.com", port=None, path="/", query=None, headers=[],
+        client_ip="192.0.2.1", peer_ip="192.0.2.1", scheme="https", http_version=http_version,
+        is_websocket_upgrade=False, expects_continue=False, content_length=None,
+        request_id="r1",
+    )
+    body = RequestBody(io, length=None, chunked=False, expects_continue=False)
+    return ResponseWriter(io, incoming, body, upgrade_requested=False)
+
+
+async def test_a_whole_small_response_is_one_write() -> None:
+    stream = CountingStream(b"")
+    respond = writer_for(stream)
+    await respond.start(200, [(b"Content-Length", b"5")], body=b"hello", end=True)
+    assert respond.finished
+    assert not respond.must_close
+    assert stream.writes == [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"]
+
+
+async def test_a_streamed_response_without_length_is_chunked_from_its_first_write() -> None:
+    stream = CountingStream(b"")
+    respond = writer_for(stream)
+    await respond.start(200, [], body=b"abc")
+    await respond.send(b"de")
+    await respond.end()
+    assert b"".join(stream.writes) == (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "header",
+    [(b"X-A", b"one\r\nSet-Cookie: evil=1"), (b"X A", b"v"), (b"X-A", b"nul\x00")],
+    ids=["crlf-in-value", "space-in-name", "nul-in-value"],
+)
+async def test_response_headers_that_could_split_the_response_are_refused(
+    header: tuple[bytes, bytes],
+) -> None:
+    stream = CountingStream(b"")
+    respond = writer_for(stream)
+    with pytest.raises(ResponseStateError):
+        await respond.start(200, [header])
+    assert respond.must_close
+    assert stream.writes == []
+
+
+async def test_body_beyond_the_declared_length_is_refused() -> None:
+    stream = CountingStream(b"")
+    respond = writer_for(stream)
+    await respond.start(200, [(b"Content-Length", b"2")])
+    with pytest.raises(ResponseStateError):
+        await respond.send(b"toolong")
+    assert respond.must_close
