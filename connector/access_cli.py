@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import webbrowser
+from functools import partial
 from pathlib import Path
 
 import click
@@ -26,6 +28,9 @@ from connector.access_client import (
     relay_stdio,
     serve_local_listener,
 )
+from connector.access_login import DEFAULT_LOGIN_TIMEOUT, run_login
+from connector.config import parse_duration
+from connector.errors import ConfigError
 
 __all__ = ["access"]
 
@@ -107,6 +112,29 @@ def tcp(hostname: str, listen: str | None, edge_url: str | None,
         _fail(error)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+
+
+@access.command()
+@click.argument("url")
+@click.option("--no-browser", is_flag=True, help="Only print the URL to open.")
+@click.option("--timeout", "timeout_text", default=f"{DEFAULT_LOGIN_TIMEOUT:g}s",
+              show_default=True, metavar="DURATION", help='How long to wait, e.g. "5m".')
+@_edge_url_option
+def login(url: str, no_browser: bool, timeout_text: str, edge_url: str | None) -> None:
+    """Sign in to URL in the browser and cache its app token (0600)."""
+    try:
+        timeout = parse_duration(timeout_text, "--timeout")
+    except ConfigError as error:
+        raise click.BadParameter(str(error), param_hint="--timeout") from None
+    opener = None if no_browser else webbrowser.open
+    try:
+        saved = trio.run(partial(run_login, url, edge_url=edge_url, give_up_after=timeout,
+                                 open_browser=opener, echo=partial(click.echo, err=True)))
+    except AccessClientError as error:
+        _fail(error)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    click.echo(f"Saved the token for {hostname_of(url)} in {saved}")
 
 
 @access.command()

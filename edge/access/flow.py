@@ -16,7 +16,8 @@ right, by the same single-use check the OAuth callback uses.
 
 Other endpoints: ``logout`` (ends the global session everywhere; on an app host it also clears
 that host's app cookies and continues to the auth domain), ``get-identity`` (the identity as
-JSON, never an IdP token) and ``certs`` (the signing keys). Every return URL goes through
+JSON, never an IdP token), ``certs`` (the signing keys) and ``cli``
+(:mod:`edge.access.cli_login`, the command-line login). Every return URL goes through
 :func:`edge.access.redirects.safe_return_url`; a bad one becomes the application's root.
 
 Failures are pages (JSON for clients that ask for it) with a stable ``reason`` in the log;
@@ -30,6 +31,7 @@ from collections.abc import Sequence
 from urllib.parse import quote, urlencode, urlsplit
 
 from edge.access.catalog import CatalogApp
+from edge.access.cli_login import CLI_ENDPOINT, CliLogin
 from edge.access.identity import Identity
 from edge.access.idp import IdpError, RedirectProvider
 from edge.access.idp.otp import OtpIssuer
@@ -102,6 +104,7 @@ class AccessFlow:
             "/logout": ("GET", exchange.logout),
             "/get-identity": ("GET", exchange.get_identity),
             "/certs": ("GET", exchange.certs),
+            CLI_ENDPOINT: ("GET", CliLogin(exchange).start),
             "/otp/email": ("POST", PinForms(exchange).otp_email),
             "/otp/code": ("POST", PinForms(exchange).otp_code),
         }
