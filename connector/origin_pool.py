@@ -58,7 +58,10 @@ _TARGET = re.compile(rb"[\x21-\x7e\x80-\xff]+")
 # A field value without leading or trailing whitespace; no control bytes but HTAB.
 _FIELD_VALUE = re.compile(rb"(?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [\t\x20-\x7e\x80-\xff]*)?")
-_HEADER_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*(.*?)[ \t]*")
+# A token, a colon, and a value without control bytes but HTAB (its ends stripped).
+_HEADER_LINE = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*"
+)
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;.*)?")
 
 # Body framings of a response.
@@ -101,14 +104,8 @@ class ResponseHead:
     http_minor: int
 
 
-def _comma_tokens(headers: list[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
-    return [
-        token.strip().lower()
-        for header, value in headers
-        if header.lower() == name
-        for token in value.split(b",")
-        if token.strip()
-    ]
+def _comma_tokens(value: bytes) -> list[bytes]:
+    return [token.strip().lower() for token in value.split(b",") if token.strip()]
 
 
 class OriginConnection:
@@ -235,13 +232,13 @@ class OriginConnection:
             raise self._broken(f"origin sent a bad status line {status_line[:80]!r}")
         headers: list[tuple[bytes, bytes]] = []
         header_line = _HEADER_LINE.fullmatch
-        field_value = _FIELD_VALUE.fullmatch
         for raw in lines[1:]:
             line = raw[:-1] if raw.endswith(b"\r") else raw
             parsed = header_line(line)
-            if parsed is None or field_value(parsed.group(2)) is None:
+            if parsed is None:
                 raise self._broken(f"origin sent a bad header line {line[:80]!r}")
-            headers.append((parsed.group(1), parsed.group(2)))
+            name, value = parsed.groups()
+            headers.append((name, value))
         return ResponseHead(int(match.group(2)), headers, int(match.group(1)))
 
     def _frame_body(self, head: ResponseHead, head_request: bool) -> None:
@@ -250,10 +247,19 @@ class OriginConnection:
         if status < 200:
             self._framing = _NO_BODY
             return
-        if head.http_minor == 0 or b"close" in _comma_tokens(headers, b"connection"):
+        lengths: set[bytes] = set()
+        codings: list[bytes] = []
+        closes = head.http_minor == 0
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                lengths.add(value.strip())
+            elif lowered == b"transfer-encoding":
+                codings += _comma_tokens(value)
+            elif lowered == b"connection":
+                closes = closes or b"close" in _comma_tokens(value)
+        if closes:
             self.reusable = False
-        lengths = {value.strip() for name, value in headers if name.lower() == b"content-length"}
-        codings = _comma_tokens(headers, b"transfer-encoding")
         if codings and lengths:
             raise self._broken("origin sent both Transfer-Encoding and Content-Length")
         if head_request or status in (204, 304):

@@ -101,9 +101,10 @@ _E = TypeVar("_E", bound=BaseException)
 _REQUEST_LINE = re.compile(
     rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e\x80-\xff]+) HTTP/([0-9])\.([0-9])"
 )
-_HEADER_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*(.*?)[ \t]*")
-# A field value: no control bytes but HTAB (its ends were stripped by _HEADER_LINE).
-_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+# A token, a colon, and a value without control bytes but HTAB (its ends stripped).
+_HEADER_LINE = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*"
+)
 
 
 class _RequestIds:
@@ -516,14 +517,14 @@ def _parse_head(head: bytes) -> tuple[str, bytes, str, list[tuple[bytes, bytes]]
         raise BadRequest("malformed request: bad request line")
     headers: list[tuple[bytes, bytes]] = []
     header_line = _HEADER_LINE.fullmatch
-    field_value = _FIELD_VALUE.fullmatch
     for line in lines[1:]:
         if not line:
             break
         parsed = header_line(line)
-        if parsed is None or field_value(parsed.group(2)) is None:
+        if parsed is None:
             raise BadRequest("malformed request: bad header line")
-        headers.append((parsed.group(1), parsed.group(2)))
+        name, value = parsed.groups()
+        headers.append((name, value))
     method, target, major, minor = match.groups()
     return method.decode("ascii"), target, f"{major.decode()}.{minor.decode()}", headers
 
