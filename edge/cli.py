@@ -205,7 +205,8 @@ def init(
 
     With ``--store postgresql://...`` the edge joins a cluster: the schema is migrated, and
     ``cluster.secret`` (the forwarding hop's shared secret) is created unless DIR already has
-    one; copy the same file, and ``access-sealing.key``, to every edge of the cluster.
+    one; copy the same file to every edge of the cluster (the access sealing secret is shared
+    through the store).
     """
     clustered = store_url.startswith(("postgresql://", "postgres://"))
     values = {

@@ -35,7 +35,7 @@ import trio
 
 from edge.access.gate import AccessGate
 from edge.access.runtime import AccessRuntime, settings_from_config
-from edge.admin import AdminApi, ChangeEvent, serve_admin
+from edge.admin import AdminApi, ChangeEvent, ChangeKind, serve_admin
 from edge.cluster import ClusterNode, StoreHealth, open_serving_store
 from edge.config import EdgeConfig
 from edge.http11 import (
@@ -63,6 +63,7 @@ from tunnel.systemd_notify import (
 log = logging.getLogger(__name__)
 
 GOAWAY_FLUSH_TIMEOUT = 2.0
+SESSION_CHANGES = frozenset({ChangeKind.SESSION_SAVED, ChangeKind.SESSION_DELETED})
 
 
 @dataclass
@@ -248,8 +249,10 @@ async def _serve(
     tunnel_url = config.tunnel.public_url or f"ws://{addresses['tunnel']}"
 
     async def apply_changes(events: Sequence[ChangeEvent]) -> None:
-        # One re-read per batch however many changes it holds (a burst of notifications).
-        await trio.to_thread.run_sync(state.reload)
+        # One re-read per batch however many changes it holds (a burst of notifications);
+        # none for a batch of logins and logouts elsewhere, which only touch Access sessions.
+        if any(event.kind not in SESSION_CHANGES for event in events):
+            await trio.to_thread.run_sync(state.reload)
         for event in events:
             await access.on_change(event)
             if event.kind == "tunnel_deleted" and event.tunnel_id:

@@ -11,7 +11,9 @@ For every request, whatever its host:
 3. the application for the canonical host and path decides: none means the request passes
    without identity; otherwise the service-token headers (constant-time) or the app cookie
    (an app JWT, verified once per token and then only checked for expiry, with its session
-   looked up in memory on every request) give the identity, and ``decide()`` the outcome.
+   looked up in memory on every request; a token another edge of the store issued is accepted
+   while its global session is live here, see :mod:`edge.access.runtime`) give the identity,
+   and ``decide()`` the outcome.
 
 Outcomes: allowed requests get the app token in the app's assertion header (minted per session
 and app, reused until near expiry) and the e-mail header, and the token's claims travel in the
@@ -239,7 +241,7 @@ class AccessGate:
             session = rt.sessions.get_by_nonce(verified.nonce)
             if session is None:
                 continue
-            app_session = rt.sessions.check_app_session(session.id, app.aud)
+            app_session = rt.app_session_for_token(session, app.aud, verified)
             if app_session is None or rt.catalog.is_revoked(
                 email=session.identity.email, aud=app.aud, created_at=session.created_at
             ):

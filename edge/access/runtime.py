@@ -7,8 +7,11 @@ background tasks and at start-up:
 
 * sessions are loaded once at start and mirrored to the store through the session manager's
   change hook, via a bounded queue drained by :meth:`AccessRuntime.run`; the store keeps each
-  session under the hash of its id, and the id itself only sealed with a secret that lives in
-  ``state_dir`` (a copy of the database alone cannot be turned into a live cookie);
+  session under the hash of its id, and the id itself only sealed (see below);
+* several edges on one store share their global sessions: the store announces each write
+  (``session_saved`` / ``session_deleted``, see :mod:`edge.cluster`), and :meth:`on_change`
+  imports that one session (read in a worker thread, off the request path) or drops it, so a
+  login on one edge is good on every other and a logout ends it everywhere within moments;
 * access decisions go to the audit trail the same way (:mod:`edge.access.audit`), which also
   writes each one as a JSON line on the ``tunnelgate.audit`` logger;
 * keys rotate on schedule (:func:`edge.access.keys_service.rotation_task`).
@@ -16,8 +19,21 @@ background tasks and at start-up:
 Both queues are bounded: when the store falls behind, new writes are dropped with a warning
 rather than letting a request wait or memory grow.
 
-The sealing secret (cookies, hand-off codes, stored session handles) is 32 random bytes in
-``state_dir/access-sealing.key``, created once with mode 0600.
+App sessions stay in memory on the edge that opened them; they are not written to the store.
+Instead an edge that does not hold the app session behind a valid app token adopts it
+(:meth:`AccessRuntime.app_session_for_token`): the token's signature (the signing keys are
+shared through the store), audience and expiry were checked, and its ``identity_nonce`` names a
+global session that is live on this edge and not revoked for the app, which is everything the
+edge that issued it would check. A logout or revocation ends the global session, and with it
+every token naming it, on every edge.
+
+The sealing secret (cookies, hand-off codes, stored session handles) is 32 random bytes that
+every edge of a store shares, kept in the store's ``edge_secrets`` table and made once by
+whichever edge starts first (:func:`shared_sealing_secret`). An edge that already had its own
+``state_dir/access-sealing.key`` offers that one, so a single edge upgraded in place keeps its
+cookies; the file is also written (mode 0600) when missing. Because of this the database holds
+everything needed to forge a cookie, as it already holds the signing keys: protect it (and its
+backups) like a key file.
 """
 
 from __future__ import annotations
@@ -79,9 +95,9 @@ __all__ = [
     "AccessRuntime",
     "AccessSettings",
     "VerifiedToken",
-    "load_sealing_secret",
     "normalise_cookie_name",
     "settings_from_config",
+    "shared_sealing_secret",
 ]
 
 log = logging.getLogger(__name__)
@@ -93,6 +109,7 @@ DEFAULT_PREFIX = "/cdn-cgi/access"
 SESSION_COOKIE = "CF_AccessSession"
 LOGIN_COOKIE = "CF_AccessLogin"
 SEALING_KEY_FILE = "access-sealing.key"
+SEALING_SECRET_NAME = "access-sealing"
 _STORED_SESSION_PURPOSE = "stored-session"
 _SEALING_SECRET_BYTES = 32
 
@@ -188,18 +205,39 @@ class VerifiedToken:
     nonce: str
 
 
-def load_sealing_secret(state_dir: Path, random_bytes: RandomBytes = secrets.token_bytes) -> bytes:
-    """The edge's sealing secret, created on first use as a 0600 file in ``state_dir``."""
+def shared_sealing_secret(
+    store: Store, state_dir: Path, random_bytes: RandomBytes = secrets.token_bytes
+) -> bytes:
+    """The sealing secret of every edge of ``store``, made by the first edge that asks.
+
+    That edge offers its ``state_dir/access-sealing.key`` when it has one (a store that had a
+    single edge keeps its cookies), otherwise fresh random bytes. Blocking: call from a thread.
+    """
     path = state_dir / SEALING_KEY_FILE
+    local = _read_sealing_secret(path) if path.exists() else None
+    candidate = local if local is not None else random_bytes(_SEALING_SECRET_BYTES)
+    secret = store.shared_secret(SEALING_SECRET_NAME, candidate)
+    if len(secret) < _SEALING_SECRET_BYTES:
+        raise ValueError("the store's access sealing secret is shorter than 32 bytes")
+    if local is None:
+        _write_sealing_secret(path, secret)
+    elif not hmac.compare_digest(local, secret):
+        log.warning(
+            "%s differs from the sealing secret this store's edges share; cookies sealed with "
+            "the file no longer open and their holders sign in again",
+            path,
+        )
+    return secret
+
+
+def _write_sealing_secret(path: Path, secret: bytes) -> None:
+    """A local copy, mode 0600, for an edge that rolls back to reading only the file."""
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return _read_sealing_secret(path)
-    secret = random_bytes(_SEALING_SECRET_BYTES)
+        return
     with os.fdopen(descriptor, "w", encoding="ascii") as handle:
         handle.write(secret.hex() + "\n")
-    log.info("created the access sealing secret in %s", path)
-    return secret
 
 
 def _read_sealing_secret(path: Path) -> bytes:
@@ -248,6 +286,7 @@ class AccessRuntime:
         self._sessions_unwritten = 0
         self._sessions_written = trio.Event()
         self._sessions_written.set()
+        self._session_ids_by_hash: dict[str, str] = {}
         self.sessions = SessionManager(
             clock, random_bytes, sealer=self.sealer, on_change=self._session_changed
         )
@@ -284,7 +323,7 @@ class AccessRuntime:
             ring, _created = ensure_signing_key(
                 store, now=clock(), settings=settings.key_settings
             )
-            secret = load_sealing_secret(state_dir, random_bytes)
+            secret = shared_sealing_secret(store, state_dir, random_bytes)
             catalog = build_catalog(store, auth_domain=settings.auth_domain, now=clock())
             return ring, secret, catalog
 
@@ -333,6 +372,9 @@ class AccessRuntime:
                 load_keyring, self.store, self.settings.key_settings
             )
             self._keyring_rotated(ring)
+            return
+        if kind in (ChangeKind.SESSION_SAVED, ChangeKind.SESSION_DELETED):
+            await self._session_changed_elsewhere(kind, event.name or "")
             return
         if kind == ChangeKind.SESSIONS_REVOKED:
             if event.email:
@@ -426,6 +468,16 @@ class AccessRuntime:
             return None
         return entry
 
+    def app_session_for_token(
+        self, session: GlobalSession, aud: str, verified: VerifiedToken
+    ) -> AppSession | None:
+        """The app session a verified app token of ``session`` stands for: the one this edge
+        holds, or one adopted until the token expires when another edge issued it."""
+        held = self.sessions.check_app_session(session.id, aud)
+        if held is not None:
+            return held
+        return self.sessions.adopt_app_session(session.id, aud, expires_at=verified.expires_at)
+
     def app_token(self, session: GlobalSession, app: CatalogApp, app_session: AppSession) -> str:
         """The app token of a session for one app: cached per session and app, not per request."""
         return self.minter.mint(
@@ -469,11 +521,14 @@ class AccessRuntime:
     def _session_changed(self, kind: str, key: str, record: dict[str, Any] | None) -> None:
         if kind != "session":
             return
+        id_hash = session_id_hash(key)
         if record is None:
             self.minter.forget_session(key)
-            change: SessionChange = (session_id_hash(key), None)
+            self._session_ids_by_hash.pop(id_hash, None)
+            change: SessionChange = (id_hash, None)
         else:
-            change = (session_id_hash(key), self._stored_session(record))
+            self._session_ids_by_hash[id_hash] = key
+            change = (id_hash, self._stored_session(record))
         try:
             self._session_send.send_nowait(change)
         except trio.WouldBlock:
@@ -503,31 +558,60 @@ class AccessRuntime:
             expires_at=session.expires_at,
         )
 
+    def _session_from_stored(self, record: SessionRecord) -> GlobalSession | None:
+        """The live session a stored record holds, or None when it cannot or must not be used
+        (revoked, unsealable, a handle that names another session)."""
+        if record.revoked:
+            return None
+        identity = dict(record.identity)
+        handle = identity.pop("handle", None)
+        if not isinstance(handle, str):
+            return None
+        try:
+            opened = self.sealer.open(_STORED_SESSION_PURPOSE, handle)
+            session = GlobalSession(
+                id=str(opened["sid"]),
+                identity=identity_from_record(identity),
+                created_at=record.created_at,
+                expires_at=record.expires_at,
+                nonce=str(opened["nonce"]),
+                idp=str(opened["idp"]),
+            )
+        except (SealedValueInvalid, KeyError, TypeError, ValueError):
+            return None
+        if session_id_hash(session.id) != record.id_hash:
+            return None
+        if self.catalog.is_revoked(
+            email=session.identity.email, aud=None, created_at=session.created_at
+        ):
+            return None
+        return session
+
+    async def _session_changed_elsewhere(self, kind: ChangeKind, id_hash: str) -> None:
+        """Follow another edge's login or logout; this edge's own writes come back too, and
+        change nothing because the session is already held (or already gone)."""
+        if not id_hash:
+            return
+        if kind == ChangeKind.SESSION_SAVED:
+            if id_hash in self._session_ids_by_hash:
+                return
+            record = await trio.to_thread.run_sync(self.store.session_record, id_hash)
+            session = None if record is None else self._session_from_stored(record)
+            if session is not None and self.sessions.import_session(session):
+                self._session_ids_by_hash[id_hash] = session.id
+            return
+        session_id = self._session_ids_by_hash.pop(id_hash, None)
+        if session_id is not None and self.sessions.drop_session(session_id):
+            self.minter.forget_session(session_id)
+            self.notify_streams()
+
     def _restore_sessions(self, records: list[SessionRecord]) -> None:
         restored: list[dict[str, Any]] = []
         for record in records:
-            identity = dict(record.identity)
-            handle = identity.pop("handle", None)
-            if not isinstance(handle, str):
+            session = self._session_from_stored(record)
+            if session is None:
                 continue
-            try:
-                opened = self.sealer.open(_STORED_SESSION_PURPOSE, handle)
-                session = GlobalSession(
-                    id=str(opened["sid"]),
-                    identity=identity_from_record(identity),
-                    created_at=record.created_at,
-                    expires_at=record.expires_at,
-                    nonce=str(opened["nonce"]),
-                    idp=str(opened["idp"]),
-                )
-            except (SealedValueInvalid, KeyError, TypeError, ValueError):
-                continue
-            if session_id_hash(session.id) != record.id_hash:
-                continue
-            if self.catalog.is_revoked(
-                email=session.identity.email, aud=None, created_at=session.created_at
-            ):
-                continue
+            self._session_ids_by_hash[record.id_hash] = session.id
             restored.append(session.to_record())
         self.sessions.import_state(
             {

@@ -319,6 +319,28 @@ class SessionManager:
             self._changed("app_session", " ".join(key), None)
         logger.info("session ended: nonce=%s why=%s", session.nonce, why)
 
+    def import_session(self, session: GlobalSession) -> bool:
+        """Hold a session another edge of the store created; False when it is already held
+        or has expired. The change hook is not called: the store already has it."""
+        if session.id in self._sessions or self._clock() >= session.expires_at:
+            return False
+        self._sessions[session.id] = session
+        self._by_nonce[session.nonce] = session.id
+        logger.info("session imported: nonce=%s idp=%s", session.nonce, session.idp)
+        return True
+
+    def drop_session(self, session_id: str) -> bool:
+        """Forget a session another edge ended (with its app sessions), without calling the
+        change hook: the store already knows."""
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return False
+        self._by_nonce.pop(session.nonce, None)
+        for key in [key for key in self._app_sessions if key[0] == session_id]:
+            del self._app_sessions[key]
+        logger.info("session dropped: nonce=%s", session.nonce)
+        return True
+
     def revoke_session(self, session_id: str, *, why: str = "revoked") -> bool:
         session = self._sessions.get(session_id)
         if session is not None:
@@ -372,6 +394,29 @@ class SessionManager:
             aud=aud,
             created_at=now,
             expires_at=min(now + duration, session.expires_at),
+            epoch=self.app_epoch(aud),
+        )
+        self._app_sessions[(session_id, aud)] = app_session
+        self._changed("app_session", f"{session_id} {aud}", asdict(app_session))
+        return app_session
+
+    def adopt_app_session(
+        self, session_id: str, aud: str, *, expires_at: float
+    ) -> AppSession | None:
+        """Admit a live global session to ``aud`` until ``expires_at`` because it presents an
+        app token another edge issued (see :mod:`edge.access.runtime`); None when the session
+        is not live, the app was revoked since it began, or the time has passed."""
+        session = self.get(session_id)
+        if session is None or self.requires_fresh_login(session, aud):
+            return None
+        now = self._clock()
+        if now >= expires_at:
+            return None
+        app_session = AppSession(
+            session_id=session_id,
+            aud=aud,
+            created_at=now,
+            expires_at=min(expires_at, session.expires_at),
             epoch=self.app_epoch(aud),
         )
         self._app_sessions[(session_id, aud)] = app_session

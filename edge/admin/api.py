@@ -106,6 +106,9 @@ class ChangeKind(StrEnum):
     SERVICE_TOKEN_CHANGED = "service_token_changed"
     SESSIONS_REVOKED = "sessions_revoked"
     KEYS_ROTATED = "keys_rotated"
+    # Only another edge of a shared store announces these (a login or logout there).
+    SESSION_SAVED = "session_saved"
+    SESSION_DELETED = "session_deleted"
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,8 @@ class ChangeEvent:
     ``name`` is the app, IdP or token when one was changed, None after an ``apply``.
     SESSIONS_REVOKED carries ``email`` or ``aud`` (and the app's ``name``): end those sessions
     in memory too, and close their open streams. KEYS_ROTATED: reload the key ring.
+    SESSION_SAVED / SESSION_DELETED (``name`` is the stored session's id hash): another edge
+    of the store signed someone in or out; only the Access sessions change.
     """
 
     kind: ChangeKind

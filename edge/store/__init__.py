@@ -257,6 +257,14 @@ class Store(Protocol):
         None to leave it; returns the set now stored."""
         ...
 
+    # -- shared secrets ----------------------------------------------------------------------------
+
+    def shared_secret(self, name: str, candidate: bytes) -> bytes:
+        """The secret every edge of this store shares under ``name``: ``candidate`` is stored
+        only when there is none yet (atomically, so edges starting together agree), and the
+        stored value is returned."""
+        ...
+
     # -- sessions and revocations ----------------------------------------------------------------
 
     def save_session(self, record: SessionRecord) -> None:
@@ -264,6 +272,10 @@ class Store(Protocol):
         ...
 
     def delete_session(self, id_hash: str) -> bool: ...
+
+    def session_record(self, id_hash: str) -> SessionRecord | None:
+        """One stored session, whatever its state (another edge announced a change to it)."""
+        ...
 
     def live_sessions(self, now: float) -> list[SessionRecord]:
         """Sessions neither expired at ``now`` nor revoked."""

@@ -1,5 +1,5 @@
-"""The Access runtime tables of the PostgreSQL store: signing keys, sessions, revocations and
-the access decisions of the audit log.
+"""The Access runtime tables of the PostgreSQL store: signing keys, shared edge secrets,
+sessions, revocations and the access decisions of the audit log.
 
 A mixin of :class:`edge.store.postgres.PostgresStore`, like :mod:`edge.store.sqlite_runtime` is
 of the SQLite store. Session writes and decisions are the busy writes (logins, every decision)
@@ -90,6 +90,25 @@ class PgRuntimeTables(PgTables):
             self._notify(conn, "keys_rotated")
             return self._read_keys(conn)
 
+    # -- shared secrets --------------------------------------------------------------------
+
+    def shared_secret(self, name: str, candidate: bytes) -> bytes:
+        # Under the write lock, and ON CONFLICT as well: the first edge's value wins and every
+        # other edge reads that one back, however many start at once.
+        with self._transaction() as conn:
+            inserted = conn.execute(
+                "INSERT INTO edge_secrets (name, value, created_at) VALUES (%s, %s, %s) "
+                "ON CONFLICT (name) DO NOTHING",
+                (name, candidate, self._clock()),
+            ).rowcount
+            row = conn.execute(
+                "SELECT value FROM edge_secrets WHERE name = %s", (name,)
+            ).fetchone()
+            if inserted:
+                self._audit(conn, "edge_secret.created", {"name": name})
+        assert row is not None
+        return bytes(row[0])
+
     # -- sessions and revocations ----------------------------------------------------------
 
     def save_session(self, record: SessionRecord) -> None:
@@ -116,6 +135,13 @@ class PgRuntimeTables(PgTables):
             if deleted.rowcount > 0:
                 self._notify(conn, "session_deleted", id_hash)
             return deleted.rowcount > 0
+
+    def session_record(self, id_hash: str) -> SessionRecord | None:
+        with self._reading() as conn:
+            row = conn.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id_hash = %s", (id_hash,)
+            ).fetchone()
+        return None if row is None else _session_from_row(row)
 
     def live_sessions(self, now: float) -> list[SessionRecord]:
         with self._reading() as conn:

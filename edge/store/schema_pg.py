@@ -5,6 +5,7 @@ Versions 1 and 2 hold the same tables as the SQLite migrations of the same numbe
 moments, ``jsonb`` for structured settings, ``boolean``, ``double precision`` for the Unix times
 the Access layer keeps. Version 3 exists only here: the cluster tables several edges share (who
 is alive, which edge holds which tunnel connection), which a single SQLite edge never needs.
+Version 4 (``edge_secrets``) is SQLite's version 4 again.
 
 The list is append-only: a released migration is never edited, a change is a new entry. Every
 migration runs in one transaction together with its ``schema_migrations`` row, under an
@@ -155,6 +156,17 @@ PG_MIGRATIONS: tuple[Migration, ...] = (
             )""",
             "CREATE INDEX live_connections_tunnel ON live_connections(tunnel_id)",
             "CREATE INDEX live_connections_edge ON live_connections(edge_id)",
+        ),
+    ),
+    Migration(
+        4,
+        "edge secrets: values every edge of the store shares (the access sealing secret)",
+        (
+            """CREATE TABLE edge_secrets (
+                name text PRIMARY KEY,
+                value bytea NOT NULL,
+                created_at timestamptz NOT NULL
+            )""",
         ),
     ),
 )

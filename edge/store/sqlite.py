@@ -181,6 +181,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX audit_log_subject ON audit_log(subject, id)",
         ),
     ),
+    # Version 3 is PostgreSQL's cluster tables, which a single SQLite edge never needs; the
+    # numbers stay shared so one version means the same tables on both backends.
+    Migration(
+        4,
+        "edge secrets: values every edge of the store shares (the access sealing secret)",
+        (
+            """CREATE TABLE edge_secrets (
+                name TEXT PRIMARY KEY,
+                value BLOB NOT NULL,
+                created_at TEXT NOT NULL
+            )""",
+        ),
+    ),
 )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from edge.store import InvalidInput, KeyRecord
 from edge.store.access_records import DecisionRecord, Revocation, SessionRecord
-from edge.store.sqlite_access import SqliteTables, app_not_found
+from edge.store.sqlite_access import SqliteTables, app_not_found, sql_timestamp
 
 __all__ = ["RuntimeTables"]
 
@@ -117,6 +117,19 @@ class RuntimeTables(SqliteTables):
             )
             return self._read_keys(conn)
 
+    # -- shared secrets --------------------------------------------------------------------
+
+    def shared_secret(self, name: str, candidate: bytes) -> bytes:
+        with self._transaction() as conn:
+            inserted = conn.execute(
+                "INSERT OR IGNORE INTO edge_secrets (name, value, created_at) VALUES (?, ?, ?)",
+                (name, candidate, sql_timestamp(self._clock())),
+            ).rowcount
+            row = conn.execute("SELECT value FROM edge_secrets WHERE name = ?", (name,)).fetchone()
+            if inserted:
+                self._audit(conn, "edge_secret.created", {"name": name})
+        return bytes(row[0])
+
     # -- sessions and revocations ----------------------------------------------------------
 
     def save_session(self, record: SessionRecord) -> None:
@@ -138,6 +151,15 @@ class RuntimeTables(SqliteTables):
         with self._transaction() as conn:
             deleted = conn.execute("DELETE FROM sessions WHERE id_hash = ?", (id_hash,))
             return deleted.rowcount > 0
+
+    def session_record(self, id_hash: str) -> SessionRecord | None:
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT id_hash, email, identity, created_at, expires_at, revoked FROM sessions "
+                "WHERE id_hash = ?",
+                (id_hash,),
+            ).fetchone()
+        return None if row is None else _session_from_row(row)
 
     def live_sessions(self, now: float) -> list[SessionRecord]:
         with self._reading() as conn:

@@ -66,7 +66,8 @@ def test_a_sealed_envelope_opens_once_and_only_unaltered_and_fresh() -> None:
         ("app_changed:grafana", ChangeEvent(ChangeKind.APP_CHANGED, name="grafana")),
         ("keys_rotated:", ChangeEvent(ChangeKind.KEYS_ROTATED)),
         ("connections_changed:edge-a", None),
-        ("session_saved:abc", None),
+        ("session_saved:abc", ChangeEvent(ChangeKind.SESSION_SAVED, name="abc")),
+        ("session_deleted:abc", ChangeEvent(ChangeKind.SESSION_DELETED, name="abc")),
     ],
 )
 def test_notices_stand_for_the_admin_paths_change_events(
