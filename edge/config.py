@@ -11,6 +11,9 @@ Errors::
     EdgeError (edge.errors)
     └── ConfigError      key_path + message; the CLI exits with code 2
 
+The value-level readers (the key-path-aware table, durations, listen addresses, the auth
+domain) and ``ConfigError`` itself live in ``edge.config_values``; they are re-exported here.
+
 Relative paths (``edge.state_dir``, TLS files, a ``sqlite:`` store URL) are resolved against the
 folder that holds the config file, so a config works the same whatever the working directory
 of the process that reads it.
@@ -25,8 +28,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.errors import EdgeError
-from edge.store import InvalidInput, normalize_hostname
+from edge.config_values import (
+    ConfigError,
+    ConfigTable,
+    ListenAddress,
+    describe_value,
+    parse_auth_domain,
+    parse_duration,
+    parse_listen_address,
+    resolve_path,
+)
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -61,33 +72,6 @@ DEFAULT_LISTEN: Mapping[str, str] = {
 }
 
 _EDGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
-
-
-class ConfigError(EdgeError):
-    """A config value is missing, malformed or contradicts another one."""
-
-    code = "config_error"
-    status = 400
-
-    def __init__(self, key_path: str, message: str, *, hint: str = "") -> None:
-        full = f"{key_path}: {message}" if key_path else message
-        super().__init__(full, hint=hint)
-        self.key_path = key_path
-
-
-@dataclass(frozen=True)
-class ListenAddress:
-    """Where one listener binds; port 0 lets the OS choose (tests)."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -224,148 +208,6 @@ class EdgeConfig:
         return f"ws://{self.listen.tunnel}"
 
 
-class _Table:
-    """One TOML table being read: remembers its key path and which keys were used."""
-
-    def __init__(self, data: object, path: str) -> None:
-        if not isinstance(data, dict):
-            raise ConfigError(path, f"expected a table, got {_describe(data)}")
-        self.data: dict[str, object] = data
-        self.path = path
-        self.used: set[str] = set()
-
-    def key_path(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def raw(self, key: str) -> object | None:
-        self.used.add(key)
-        return self.data.get(key)
-
-    def table(self, key: str) -> _Table:
-        value = self.raw(key)
-        return _Table({} if value is None else value, self.key_path(key))
-
-    def string(self, key: str, default: str) -> str:
-        value = self.raw(key)
-        if value is None:
-            return default
-        if not isinstance(value, str):
-            raise ConfigError(self.key_path(key), f"expected a string, got {_describe(value)}")
-        return value
-
-    def integer(self, key: str, default: int, *, minimum: int) -> int:
-        value = self.raw(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(self.key_path(key), f"expected an integer, got {_describe(value)}")
-        if value < minimum:
-            raise ConfigError(self.key_path(key), f"must be at least {minimum}, got {value}")
-        return value
-
-    def duration(self, key: str, default: float) -> float:
-        value = self.raw(key)
-        if value is None:
-            return default
-        return parse_duration(value, key_path=self.key_path(key))
-
-    def string_list(self, key: str) -> list[str]:
-        value = self.raw(key)
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            raise ConfigError(self.key_path(key), f"expected a list, got {_describe(value)}")
-        for index, item in enumerate(value):
-            if not isinstance(item, str):
-                raise ConfigError(
-                    f"{self.key_path(key)}[{index}]", f"expected a string, got {_describe(item)}"
-                )
-        return [str(item) for item in value]
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            raise ConfigError(
-                self.key_path(unknown[0]),
-                "unknown key",
-                hint="check the spelling against the commented edge.toml that init writes",
-            )
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, bool):
-        return f"boolean {str(value).lower()}"
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "a list"
-    return f"{type(value).__name__} {value!r}"
-
-
-def parse_duration(value: object, *, key_path: str = "") -> float:
-    """Parse "250ms", "30s", "5m", "1h" or a sum such as "1m30s" into positive seconds."""
-    expected = 'expected a duration like "30s", "5m", "1h" or "250ms"'
-    if not isinstance(value, str):
-        raise ConfigError(key_path, f"{expected}, got {_describe(value)}")
-    text = value.strip()
-    position = 0
-    total = 0.0
-    while position < len(text):
-        match = _DURATION_PART.match(text, position)
-        if match is None:
-            raise ConfigError(key_path, f'{expected}, got "{value}"')
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        position = match.end()
-    if not text:
-        raise ConfigError(key_path, f'{expected}, got "{value}"')
-    if total <= 0:
-        raise ConfigError(key_path, f'must be longer than zero, got "{value}"')
-    return total
-
-
-def parse_listen_address(value: str, *, key_path: str = "") -> ListenAddress:
-    """Parse ``HOST:PORT`` (``[v6]:PORT`` for IPv6); the host must be written out."""
-    expected = 'expected "HOST:PORT" such as "127.0.0.1:8080" or "[::1]:8080"'
-    if value.startswith("["):
-        host, sep, port_text = value[1:].partition("]:")
-        if not sep:
-            raise ConfigError(key_path, f'{expected}, got "{value}"')
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ConfigError(key_path, f'"{host}" is not an IPv6 address') from None
-    else:
-        host, sep, port_text = value.rpartition(":")
-        if not sep or not host:
-            raise ConfigError(key_path, f'{expected}, got "{value}"')
-        if ":" in host:
-            raise ConfigError(key_path, f'put an IPv6 host in brackets, like "[{host}]:PORT"')
-        if not _is_ip(host) and not _is_dns_name(host):
-            raise ConfigError(key_path, f'"{host}" is neither an IP address nor a host name')
-    if not port_text.isdigit() or int(port_text) > 65535:
-        raise ConfigError(key_path, f'port must be a number from 0 to 65535, got "{port_text}"')
-    return ListenAddress(host, int(port_text))
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_dns_name(text: str) -> bool:
-    labels = text.rstrip(".").split(".")
-    return len(text) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
-
-
-def _resolve(base: Path, value: str) -> Path:
-    return (base / Path(value).expanduser()).resolve()
-
-
 def load_edge_config(path: Path) -> EdgeConfig:
     """Read, parse and validate an edge config file."""
     try:
@@ -383,7 +225,7 @@ def load_edge_config(path: Path) -> EdgeConfig:
 
 def parse_config(document: Mapping[str, object], *, config_dir: Path) -> EdgeConfig:
     """Validate an already-parsed TOML document; relative paths resolve against config_dir."""
-    root = _Table(dict(document), "")
+    root = ConfigTable(dict(document), "")
     edge = _parse_edge(root.table("edge"), config_dir)
     listen = _parse_listen(root.table("listen"))
     tunnel = _parse_tunnel(root.table("tunnel"))
@@ -418,19 +260,19 @@ def parse_config(document: Mapping[str, object], *, config_dir: Path) -> EdgeCon
     )
 
 
-def _parse_edge(table: _Table, config_dir: Path) -> EdgeSection:
+def _parse_edge(table: ConfigTable, config_dir: Path) -> EdgeSection:
     edge_id = table.string("id", EdgeSection.id)
     if not _EDGE_ID.fullmatch(edge_id):
         raise ConfigError(
             table.key_path("id"),
             f'"{edge_id}" is not a valid id: use 1-63 letters, digits, "_", "." or "-"',
         )
-    state_dir = _resolve(config_dir, table.string("state_dir", "."))
+    state_dir = resolve_path(config_dir, table.string("state_dir", "."))
     table.finish()
     return EdgeSection(id=edge_id, state_dir=state_dir)
 
 
-def _parse_listen(table: _Table) -> ListenConfig:
+def _parse_listen(table: ConfigTable) -> ListenConfig:
     parsed: dict[str, ListenAddress | None] = {}
     for name, default in DEFAULT_LISTEN.items():
         text = table.string(name, default)
@@ -460,7 +302,7 @@ def _parse_listen(table: _Table) -> ListenConfig:
     )
 
 
-def _parse_tunnel(table: _Table) -> TunnelConfig:
+def _parse_tunnel(table: ConfigTable) -> TunnelConfig:
     public_url = table.string("public_url", "")
     if public_url:
         scheme, sep, rest = public_url.partition("://")
@@ -484,7 +326,7 @@ def _parse_tunnel(table: _Table) -> TunnelConfig:
     )
 
 
-def _parse_http(table: _Table) -> HttpConfig:
+def _parse_http(table: ConfigTable) -> HttpConfig:
     defaults = HttpConfig()
     max_header_bytes = table.integer("max_header_bytes", defaults.max_header_bytes, minimum=1024)
     max_headers = table.integer("max_headers", defaults.max_headers, minimum=1)
@@ -511,7 +353,7 @@ def _parse_http(table: _Table) -> HttpConfig:
     )
 
 
-def _parse_store(table: _Table, config_dir: Path) -> StoreConfig:
+def _parse_store(table: ConfigTable, config_dir: Path) -> StoreConfig:
     url = table.string("url", "")
     password_file = table.string("password_file", "")
     migrate_on_start = table.raw("migrate_on_start")
@@ -519,7 +361,7 @@ def _parse_store(table: _Table, config_dir: Path) -> StoreConfig:
     if migrate_on_start is not None and not isinstance(migrate_on_start, bool):
         raise ConfigError(
             table.key_path("migrate_on_start"),
-            f"expected true or false, got {_describe(migrate_on_start)}",
+            f"expected true or false, got {describe_value(migrate_on_start)}",
         )
     if url.startswith(("postgresql://", "postgres://")):
         return _postgres_store(table, url, password_file, bool(migrate_on_start), config_dir)
@@ -532,7 +374,7 @@ def _parse_store(table: _Table, config_dir: Path) -> StoreConfig:
         location = url.removeprefix("sqlite:").removeprefix("//")
         if not location:
             raise ConfigError(table.key_path("url"), 'expected "sqlite:PATH" with a file path')
-        return StoreConfig(url=url, sqlite_path=_resolve(config_dir, location))
+        return StoreConfig(url=url, sqlite_path=resolve_path(config_dir, location))
     raise ConfigError(
         table.key_path("url"),
         f'expected "" (embedded SQLite), "sqlite:PATH" or "postgresql://USER@HOST:PORT/DB", '
@@ -541,7 +383,7 @@ def _parse_store(table: _Table, config_dir: Path) -> StoreConfig:
 
 
 def _postgres_store(
-    table: _Table, url: str, password_file: str, migrate_on_start: bool, config_dir: Path
+    table: ConfigTable, url: str, password_file: str, migrate_on_start: bool, config_dir: Path
 ) -> StoreConfig:
     location = url.partition("://")[2]
     credentials, at, rest = location.rpartition("@")
@@ -556,12 +398,12 @@ def _postgres_store(
         raise ConfigError(
             table.key_path("url"), f'expected "postgresql://USER@HOST:PORT/DB", got "{url}"'
         )
-    path = _resolve(config_dir, password_file) if password_file else None
+    path = resolve_path(config_dir, password_file) if password_file else None
     return StoreConfig(url=url, password_file=path, migrate_on_start=migrate_on_start)
 
 
 def _parse_tls(raw: object | None, config_dir: Path) -> TlsConfig:
-    table = _Table({} if raw is None else raw, "tls")
+    table = ConfigTable({} if raw is None else raw, "tls")
     entries = table.raw("certificate")
     table.finish()
     if entries is None:
@@ -570,13 +412,13 @@ def _parse_tls(raw: object | None, config_dir: Path) -> TlsConfig:
         raise ConfigError("tls.certificate", "expected [[tls.certificate]] tables")
     certificates: list[TlsCertificate] = []
     for index, entry in enumerate(entries):
-        item = _Table(entry, f"tls.certificate[{index}]")
+        item = ConfigTable(entry, f"tls.certificate[{index}]")
         files: dict[str, Path] = {}
         for key in ("cert_file", "key_file"):
             text = item.string(key, "")
             if not text:
                 raise ConfigError(item.key_path(key), "is required")
-            files[key] = _resolve(config_dir, text)
+            files[key] = resolve_path(config_dir, text)
             if not files[key].is_file():
                 raise ConfigError(item.key_path(key), f"no such file: {files[key]}")
         item.finish()
@@ -584,27 +426,7 @@ def _parse_tls(raw: object | None, config_dir: Path) -> TlsConfig:
     return TlsConfig(tuple(certificates))
 
 
-def parse_auth_domain(value: str, *, key_path: str = "access.auth_domain") -> str:
-    """``host`` or ``host:port`` in canonical form (lower case, no trailing dot).
-
-    A port is allowed so that an edge serving plain HTTP on a loopback port (the demo, tests)
-    can name its own auth domain, e.g. ``auth.localhost:8080``.
-    """
-    host, sep, port_text = value.rpartition(":")
-    if not sep:
-        host, port_text = value, ""
-    try:
-        normalized = normalize_hostname(host, allow_wildcard=False)
-    except InvalidInput as exc:
-        raise ConfigError(key_path, exc.message, hint=exc.hint) from None
-    if not sep:
-        return normalized
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536 or port_text.startswith("0"):
-        raise ConfigError(key_path, f"invalid port {port_text!r}", hint="write HOST or HOST:PORT")
-    return f"{normalized}:{int(port_text)}"
-
-
-def _parse_cluster(table: _Table, config_dir: Path) -> ClusterConfig:
+def _parse_cluster(table: ConfigTable, config_dir: Path) -> ClusterConfig:
     defaults = ClusterConfig()
     listen = table.string("listen", "")
     if listen:
@@ -635,14 +457,14 @@ def _parse_cluster(table: _Table, config_dir: Path) -> ClusterConfig:
     return ClusterConfig(
         listen=listen,
         advertise_url=advertise_url.rstrip("/"),
-        secret_file=_resolve(config_dir, secret_file) if secret_file else None,
+        secret_file=resolve_path(config_dir, secret_file) if secret_file else None,
         heartbeat_interval=heartbeat,
         expiry=expiry,
         resync_interval=resync,
     )
 
 
-def _parse_access(table: _Table) -> AccessConfig:
+def _parse_access(table: ConfigTable) -> AccessConfig:
     auth_domain = table.string("auth_domain", "")
     table.finish()
     if not auth_domain:

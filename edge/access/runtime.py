@@ -11,7 +11,8 @@ background tasks and at start-up:
 * several edges on one store share their global sessions: the store announces each write
   (``session_saved`` / ``session_deleted``, see :mod:`edge.cluster`), and :meth:`on_change`
   imports that one session (read in a worker thread, off the request path) or drops it, so a
-  login on one edge is good on every other and a logout ends it everywhere within moments;
+  login on one edge is good on every other and a logout ends it everywhere within moments
+  (both of these are :mod:`edge.access.session_sync`);
 * access decisions go to the audit trail the same way (:mod:`edge.access.audit`), which also
   writes each one as a JSON line on the ``tunnelgate.audit`` logger;
 * keys rotate on schedule (:func:`edge.access.keys_service.rotation_task`).
@@ -48,7 +49,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import trio
 
@@ -66,14 +67,9 @@ from edge.access.keys_service import (
     rotation_task,
 )
 from edge.access.providers import Provider, build_provider
-from edge.access.sealing import SealedValueInvalid, Sealer
-from edge.access.sessions import (
-    AppSession,
-    GlobalSession,
-    SessionManager,
-    identity_from_record,
-    identity_to_record,
-)
+from edge.access.sealing import Sealer
+from edge.access.session_sync import SessionSync
+from edge.access.sessions import AppSession, GlobalSession
 from edge.access.tokens import KeyRing, TokenMinter, TokenVerifier
 from edge.admin.api import ChangeEvent, ChangeKind
 from edge.config import EdgeConfig
@@ -84,8 +80,6 @@ from edge.store.access_records import (
     DEFAULT_EMAIL_HEADER,
     DEFAULT_HEADER_NAME,
     IdpRecord,
-    SessionRecord,
-    session_id_hash,
 )
 
 __all__ = [
@@ -110,7 +104,6 @@ SESSION_COOKIE = "CF_AccessSession"
 LOGIN_COOKIE = "CF_AccessLogin"
 SEALING_KEY_FILE = "access-sealing.key"
 SEALING_SECRET_NAME = "access-sealing"
-_STORED_SESSION_PURPOSE = "stored-session"
 _SEALING_SECRET_BYTES = 32
 
 # Client headers that claim an identity somewhere in the gateway world. They are removed from
@@ -253,9 +246,6 @@ def _read_sealing_secret(path: Path) -> bytes:
     return secret
 
 
-SessionChange = tuple[str, SessionRecord | None]
-
-
 class AccessRuntime:
     """Keys, sessions, identity providers and the catalog of one edge; see the module doc."""
 
@@ -280,16 +270,16 @@ class AccessRuntime:
         self._code_sender = code_sender
         self.sealer = Sealer(sealing_secret, clock=clock, random_bytes=random_bytes)
         self._csrf_key = hmac.new(sealing_secret, b"tunnelgate csrf v1", hashlib.sha256).digest()
-        self._session_send, self._session_receive = trio.open_memory_channel[SessionChange](
-            settings.session_queue_size
+        self.session_sync = SessionSync(
+            store,
+            self.sealer,
+            clock=clock,
+            random_bytes=random_bytes,
+            queue_size=settings.session_queue_size,
+            forget_session=self._forget_session,
+            is_revoked=self._revoked_before_login,
         )
-        self._sessions_unwritten = 0
-        self._sessions_written = trio.Event()
-        self._sessions_written.set()
-        self._session_ids_by_hash: dict[str, str] = {}
-        self.sessions = SessionManager(
-            clock, random_bytes, sealer=self.sealer, on_change=self._session_changed
-        )
+        self.sessions = self.session_sync.sessions
         self.audit = AuditTrail(store, queue_size=settings.audit_queue_size)
         self.keys = KeyRingHolder(keyring)
         self._use_keyring(keyring)
@@ -341,14 +331,14 @@ class AccessRuntime:
         )
         await runtime._rebuild_providers()
         records = await trio.to_thread.run_sync(store.live_sessions, clock())
-        runtime._restore_sessions(records)
+        runtime.session_sync.restore(records)
         return runtime
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Background work: audit and session writes, housekeeping, key rotation."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.audit.run)
-            nursery.start_soon(self._persist_sessions)
+            nursery.start_soon(self.session_sync.persist)
             nursery.start_soon(self._housekeeping)
             await nursery.start(
                 partial(
@@ -374,7 +364,8 @@ class AccessRuntime:
             self._keyring_rotated(ring)
             return
         if kind in (ChangeKind.SESSION_SAVED, ChangeKind.SESSION_DELETED):
-            await self._session_changed_elsewhere(kind, event.name or "")
+            if await self.session_sync.changed_elsewhere(kind, event.name or ""):
+                self.notify_streams()
             return
         if kind == ChangeKind.SESSIONS_REVOKED:
             if event.email:
@@ -518,127 +509,17 @@ class AccessRuntime:
         self.sessions.logout(session.id)
         self.notify_streams()
 
-    def _session_changed(self, kind: str, key: str, record: dict[str, Any] | None) -> None:
-        if kind != "session":
-            return
-        id_hash = session_id_hash(key)
-        if record is None:
-            self.minter.forget_session(key)
-            self._session_ids_by_hash.pop(id_hash, None)
-            change: SessionChange = (id_hash, None)
-        else:
-            self._session_ids_by_hash[id_hash] = key
-            change = (id_hash, self._stored_session(record))
-        try:
-            self._session_send.send_nowait(change)
-        except trio.WouldBlock:
-            log.warning("session queue full; a session change was not stored")
-            return
-        if self._sessions_unwritten == 0:
-            self._sessions_written = trio.Event()
-        self._sessions_unwritten += 1
-
     async def sessions_stored(self) -> None:
         """Until every session change so far has reached the store (or failed to)."""
-        await self._sessions_written.wait()
+        await self.session_sync.stored()
 
-    def _stored_session(self, record: Mapping[str, Any]) -> SessionRecord:
-        session = GlobalSession.from_record(record)
-        lifetime = max(session.expires_at - self.clock(), 1.0)
-        handle = self.sealer.seal(
-            _STORED_SESSION_PURPOSE,
-            {"sid": session.id, "nonce": session.nonce, "idp": session.idp},
-            lifetime=lifetime,
-        )
-        return SessionRecord(
-            id_hash=session_id_hash(session.id),
-            email=session.identity.email,
-            identity={**identity_to_record(session.identity), "handle": handle},
-            created_at=session.created_at,
-            expires_at=session.expires_at,
-        )
+    def _forget_session(self, session_id: str) -> None:
+        self.minter.forget_session(session_id)
 
-    def _session_from_stored(self, record: SessionRecord) -> GlobalSession | None:
-        """The live session a stored record holds, or None when it cannot or must not be used
-        (revoked, unsealable, a handle that names another session)."""
-        if record.revoked:
-            return None
-        identity = dict(record.identity)
-        handle = identity.pop("handle", None)
-        if not isinstance(handle, str):
-            return None
-        try:
-            opened = self.sealer.open(_STORED_SESSION_PURPOSE, handle)
-            session = GlobalSession(
-                id=str(opened["sid"]),
-                identity=identity_from_record(identity),
-                created_at=record.created_at,
-                expires_at=record.expires_at,
-                nonce=str(opened["nonce"]),
-                idp=str(opened["idp"]),
-            )
-        except (SealedValueInvalid, KeyError, TypeError, ValueError):
-            return None
-        if session_id_hash(session.id) != record.id_hash:
-            return None
-        if self.catalog.is_revoked(
+    def _revoked_before_login(self, session: GlobalSession) -> bool:
+        return self.catalog.is_revoked(
             email=session.identity.email, aud=None, created_at=session.created_at
-        ):
-            return None
-        return session
-
-    async def _session_changed_elsewhere(self, kind: ChangeKind, id_hash: str) -> None:
-        """Follow another edge's login or logout; this edge's own writes come back too, and
-        change nothing because the session is already held (or already gone)."""
-        if not id_hash:
-            return
-        if kind == ChangeKind.SESSION_SAVED:
-            if id_hash in self._session_ids_by_hash:
-                return
-            record = await trio.to_thread.run_sync(self.store.session_record, id_hash)
-            session = None if record is None else self._session_from_stored(record)
-            if session is not None and self.sessions.import_session(session):
-                self._session_ids_by_hash[id_hash] = session.id
-            return
-        session_id = self._session_ids_by_hash.pop(id_hash, None)
-        if session_id is not None and self.sessions.drop_session(session_id):
-            self.minter.forget_session(session_id)
-            self.notify_streams()
-
-    def _restore_sessions(self, records: list[SessionRecord]) -> None:
-        restored: list[dict[str, Any]] = []
-        for record in records:
-            session = self._session_from_stored(record)
-            if session is None:
-                continue
-            self._session_ids_by_hash[record.id_hash] = session.id
-            restored.append(session.to_record())
-        self.sessions.import_state(
-            {
-                "version": 1,
-                "sessions": restored,
-                "app_sessions": [],
-                "app_epochs": {},
-                "login_states": {},
-                "handoffs": {},
-            }
         )
-        if restored:
-            log.info("restored %d access sessions from the store", len(restored))
-
-    async def _persist_sessions(self) -> NoReturn:
-        while True:
-            id_hash, record = await self._session_receive.receive()
-            try:
-                if record is None:
-                    await trio.to_thread.run_sync(self.store.delete_session, id_hash)
-                else:
-                    await trio.to_thread.run_sync(self.store.save_session, record)
-            except Exception:
-                log.exception("could not store a session change")
-            self._sessions_unwritten -= 1
-            if self._sessions_unwritten == 0:
-                self._sessions_written.set()
 
     async def _housekeeping(self) -> NoReturn:
         while True:

@@ -31,24 +31,38 @@ Errors::
         └── HandoffInvalid    400: missing_code, bad_code, expired, wrong_app, replayed,
                               unknown, session_ended
 
-Cookie helpers are here too: :func:`build_cookie` (always ``HttpOnly; SameSite=Lax``, host-only,
-``Secure`` unless a plain-http loopback demo turns it off) and :func:`parse_cookies`.
+The session records (:class:`GlobalSession`, :class:`AppSession`, :class:`LoginState`) live in
+:mod:`edge.access.session_records` and the cookie helpers (:func:`build_cookie`, always
+``HttpOnly; SameSite=Lax``, host-only, ``Secure`` unless a plain-http loopback demo turns it
+off; :func:`parse_cookies`) in :mod:`edge.access.cookies`; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import logging
-import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from edge.access.cookies import (
+    build_cookie,
+    cookie_values,
+    expired_cookie,
+    parse_cookies,
+)
 from edge.access.errors import AccessError
 from edge.access.identity import Identity
 from edge.access.sealing import SealedValueInvalid, Sealer
+from edge.access.session_records import (
+    AppSession,
+    GlobalSession,
+    LoginState,
+    identity_from_record,
+    identity_to_record,
+    pkce_challenge,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -91,11 +105,6 @@ def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def pkce_challenge(verifier: str) -> str:
-    """The S256 code challenge of a PKCE verifier (RFC 7636)."""
-    return _b64(hashlib.sha256(verifier.encode("ascii")).digest())
-
-
 def _same(left: str, right: str) -> bool:
     return hmac.compare_digest(left.encode("utf-8"), right.encode("utf-8"))
 
@@ -126,77 +135,6 @@ class HandoffInvalid(SessionError):
 
 
 # --- records ------------------------------------------------------------------------------
-
-
-def identity_to_record(identity: Identity) -> dict[str, Any]:
-    """A JSON-ready dict of an identity, for persistence."""
-    record = asdict(identity)
-    record["groups"] = list(identity.groups)
-    record["amr"] = list(identity.amr)
-    return record
-
-
-def identity_from_record(record: Mapping[str, Any]) -> Identity:
-    return Identity(
-        sub=str(record["sub"]),
-        email=str(record["email"]),
-        email_verified=bool(record["email_verified"]),
-        name=str(record["name"]),
-        groups=tuple(str(group) for group in record["groups"]),
-        idp=str(record["idp"]),
-        amr=tuple(str(method) for method in record.get("amr", ())),
-        country=record.get("country"),
-        service_token=record.get("service_token"),
-        issued_at=float(record.get("issued_at", 0.0)),
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class GlobalSession:
-    """A login at the auth domain. ``nonce`` is its public handle (the tokens'
-    ``identity_nonce``); ``id`` is secret and only ever travels sealed in a cookie."""
-
-    id: str
-    identity: Identity
-    created_at: float
-    expires_at: float
-    nonce: str
-    idp: str
-
-    def to_record(self) -> dict[str, Any]:
-        return {**asdict(self), "identity": identity_to_record(self.identity)}
-
-    @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> GlobalSession:
-        return cls(**{**record, "identity": identity_from_record(record["identity"])})
-
-
-@dataclass(frozen=True, slots=True)
-class AppSession:
-    """A global session's admission to one application, valid while its epoch is current."""
-
-    session_id: str
-    aud: str
-    created_at: float
-    expires_at: float
-    epoch: int
-
-
-@dataclass(frozen=True, slots=True)
-class LoginState:
-    """Everything the callback needs to finish a login; never leaves the edge."""
-
-    state: str
-    nonce: str
-    pkce_verifier: str
-    return_url: str
-    app_aud: str | None
-    idp: str
-    created_at: float
-
-    @property
-    def code_challenge(self) -> str:
-        return pkce_challenge(self.pkce_verifier)
 
 
 @dataclass(frozen=True, slots=True)
@@ -595,78 +533,3 @@ class SessionManager:
             key: LoginState(**login) for key, login in state["login_states"].items()
         }
         self._handoffs = {key: _Handoff(**handoff) for key, handoff in state["handoffs"].items()}
-
-
-# --- cookies ------------------------------------------------------------------------------
-
-_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_COOKIE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
-_COOKIE_PATH = re.compile(r"/[\x21-\x3a\x3c-\x7e]*")
-MAX_COOKIES = 100
-MAX_COOKIE_VALUE = 4096
-
-
-def build_cookie(name: str, value: str, *, max_age: int, secure: bool, path: str = "/") -> str:
-    """A ``Set-Cookie`` value: host-only (no ``Domain``), ``HttpOnly``, ``SameSite=Lax``.
-
-    ``secure`` is False only for plain-http loopback demos; browsers drop ``Secure`` cookies
-    sent over http.
-    """
-    if not _COOKIE_NAME.fullmatch(name):
-        raise ValueError(f"invalid cookie name {name!r}")
-    if not _COOKIE_VALUE.fullmatch(value) or len(value) > MAX_COOKIE_VALUE:
-        raise ValueError("cookie value contains characters a cookie cannot carry")
-    if not _COOKIE_PATH.fullmatch(path):
-        raise ValueError(f"invalid cookie path {path!r}")
-    if max_age < 0:
-        raise ValueError("max_age must not be negative")
-    attributes = [f"{name}={value}", f"Path={path}", f"Max-Age={max_age}", "HttpOnly"]
-    attributes.append("SameSite=Lax")
-    if secure:
-        attributes.append("Secure")
-    return "; ".join(attributes)
-
-
-def expired_cookie(name: str, *, secure: bool, path: str = "/") -> str:
-    """A ``Set-Cookie`` value that makes the browser forget cookie ``name`` right away."""
-    return build_cookie(name, "", max_age=0, secure=secure, path=path)
-
-
-def _cookie_pairs(header_values: Iterable[str | bytes]) -> Iterable[tuple[str, str]]:
-    count = 0
-    for header in header_values:
-        text = header.decode("latin-1") if isinstance(header, bytes) else header
-        for piece in text.split(";"):
-            name, sep, value = piece.partition("=")
-            name, value = name.strip(" \t"), value.strip(" \t")
-            if not sep or not _COOKIE_NAME.fullmatch(name):
-                continue
-            if len(value) >= 2 and value[0] == value[-1] == '"':
-                value = value[1:-1]
-            if len(value) > MAX_COOKIE_VALUE or not _COOKIE_VALUE.fullmatch(value):
-                continue
-            count += 1
-            if count > MAX_COOKIES:
-                return
-            yield name, value
-
-
-def parse_cookies(header_values: Iterable[str | bytes]) -> dict[str, str]:
-    """Cookie name -> value from every ``Cookie`` header of a request.
-
-    Malformed pairs (no ``=``, a name that is not a token, a value with characters a cookie
-    cannot carry, over 4 KiB) are skipped, not fatal. When a name appears twice the **first**
-    one wins: browsers send the cookie with the longest path, then the oldest, first, which is
-    the one a host-only cookie of ours is. Only the first 100 cookies are read. Because a sibling
-    subdomain can still plant a same-named cookie, every value of ours is sealed, and callers
-    that must find *a* valid value use :func:`cookie_values`.
-    """
-    cookies: dict[str, str] = {}
-    for name, value in _cookie_pairs(header_values):
-        cookies.setdefault(name, value)
-    return cookies
-
-
-def cookie_values(header_values: Iterable[str | bytes], name: str) -> list[str]:
-    """Every value of cookie ``name`` in the order the browser sent them."""
-    return [value for found, value in _cookie_pairs(header_values) if found == name]
