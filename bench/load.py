@@ -54,12 +54,20 @@ class Endpoint:
 
     port: int
     host_header: str | None
+    # "Name: value" headers every request carries besides Host, e.g. an Access session cookie.
+    headers: tuple[str, ...] = ()
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def host_args(self, flag: str = "-H") -> list[str]:
-        return [flag, f"Host: {self.host_header}"] if self.host_header else []
+    def header_args(self, flag: str = "-H") -> list[str]:
+        """Host (when the route needs one) and the extra headers, as command-line options."""
+        host = [flag, f"Host: {self.host_header}"] if self.host_header else []
+        return host + [part for header in self.headers for part in (flag, header)]
+
+    def header_pairs(self) -> dict[str, str]:
+        pairs = dict(header.split(": ", 1) for header in self.headers)
+        return {"Host": self.host_header, **pairs} if self.host_header else pairs
 
 
 @dataclass(frozen=True)
@@ -86,8 +94,7 @@ def probe_status(endpoint: Endpoint, path: str) -> int | None:
     """One GET; the status, or None when nothing answered."""
     connection = http.client.HTTPConnection("127.0.0.1", endpoint.port, timeout=3.0)
     try:
-        headers = {"Host": endpoint.host_header} if endpoint.host_header else {}
-        connection.request("GET", path, headers=headers)
+        connection.request("GET", path, headers=endpoint.header_pairs())
         response = connection.getresponse()
         response.read()
         return response.status
@@ -103,7 +110,9 @@ def probe_websocket(endpoint: Endpoint, path: str) -> bool:
     host = endpoint.host_header or f"127.0.0.1:{endpoint.port}"
     request = (
         f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        + "".join(f"{header}\r\n" for header in endpoint.headers)
+        + "\r\n"
     )
     try:
         with socket.create_connection(("127.0.0.1", endpoint.port), timeout=3.0) as sock:
@@ -150,7 +159,7 @@ def run_wrk(
         "10s",
         "-s",
         str(lua_script),
-        *endpoint.host_args(),
+        *endpoint.header_args(),
         *(["-H", "Connection: close"] if close else []),
         endpoint.url(path),
     ]
@@ -208,6 +217,7 @@ def run_h2load_rate(
         f"--log-file={log_path}",
         # h2load sends the URL's authority as Host; overriding `host` would duplicate it.
         *([f"-H:authority: {endpoint.host_header}"] if endpoint.host_header else []),
+        *[part for header in endpoint.headers for part in ("-H", header)],
         endpoint.url(path),
     ]
     output = _run_tool(argv, seconds + TOOL_GRACE_S)
@@ -257,7 +267,7 @@ def curl_download(endpoint: Endpoint, path: str, expected_bytes: int) -> float:
         os.devnull,
         "-w",
         "%{http_code} %{size_download} %{time_total}",
-        *endpoint.host_args(),
+        *endpoint.header_args(),
         endpoint.url(path),
     ]
     return _curl_transfer(argv, expected_bytes, {200})
@@ -282,7 +292,7 @@ def curl_upload(endpoint: Endpoint, path: str, source: Path) -> float:
         os.devnull,
         "-w",
         "%{http_code} %{size_upload} %{time_total}",
-        *endpoint.host_args(),
+        *endpoint.header_args(),
         endpoint.url(path),
     ]
     return _curl_transfer(argv, source.stat().st_size, {200, 201, 204})

@@ -1,4 +1,4 @@
-"""The measurements of issue 6, run against every usable target in the same run.
+"""The benchmark scenarios, run against every usable target in the same run.
 
 Repeated rows are interleaved: run 1 of every target, then run 2 of every target, and so on, so
 that a slow minute of the machine does not land on one target only. A measurement that fails
@@ -162,7 +162,7 @@ class BackgroundDownloads:
         downloads = 0
         argv = ["curl", "-sS", "--max-time", "120", "-o", "/dev/null"]
         argv += ["-w", "%{http_code} %{size_download}"]
-        argv += [*self._endpoint.host_args(), self._endpoint.url("/64m")]
+        argv += [*self._endpoint.header_args(), self._endpoint.url("/64m")]
         while not self._stop.is_set() and time.monotonic() < deadline:
             if downloads >= HOL_MAX_DOWNLOADS:
                 return
