@@ -21,6 +21,7 @@ import json
 import os
 import socket
 import subprocess
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,7 +64,7 @@ class WebsocketRoute:
 
 
 @dataclass
-class Target:
+class Target(ABC):
     name: str
     label: str
     status: str = "pending"  # pending -> ok | failed | skipped
@@ -71,13 +72,15 @@ class Target:
     processes: list[ManagedProcess] = field(default_factory=list)
     _endpoint: Endpoint | None = None
 
+    @abstractmethod
     def setup(self, context: RunContext) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def open_websocket_route(self, context: RunContext) -> WebsocketRoute:
-        raise NotImplementedError
+        ...
 
-    def close_websocket_route(self, context: RunContext) -> None:
+    def close_websocket_route(self, context: RunContext) -> None:  # noqa: B027 (default: nothing)
         """Stop what `open_websocket_route` started (nothing by default)."""
 
     def rss_roles(self) -> dict[str, ManagedProcess]:

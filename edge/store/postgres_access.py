@@ -10,6 +10,7 @@ write notifies the other edges (``app_changed``, ``idp_changed``, ``service_toke
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
@@ -85,19 +86,22 @@ def _token_from_row(row: Sequence[Any]) -> ServiceToken:
     )
 
 
-class PgTables:
+class PgTables(ABC):
     """What the table mixins need from :class:`edge.store.postgres.PostgresStore`."""
 
     _clock: Callable[[], datetime]
     _new_id: Callable[[], str]
     _random_bytes: Callable[[int], bytes]
 
+    @abstractmethod
     def _transaction(self, *, exclusive: bool = True) -> AbstractContextManager[Connection]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _reading(self) -> AbstractContextManager[Connection]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _audit(
         self,
         conn: Connection,
@@ -108,11 +112,12 @@ class PgTables:
         subject: str | None = None,
         time: datetime | None = None,
     ) -> None:
-        raise NotImplementedError
+        ...
 
     @staticmethod
+    @abstractmethod
     def _notify(conn: Connection, kind: str, ident: str = "") -> None:
-        raise NotImplementedError
+        ...
 
 
 class PgAccessTables(PgTables):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
@@ -102,19 +103,22 @@ def _token_from_row(row: Sequence[Any]) -> ServiceToken:
     )
 
 
-class SqliteTables:
+class SqliteTables(ABC):
     """What the table mixins need from :class:`edge.store.sqlite.SqliteStore`."""
 
     _clock: Callable[[], datetime]
     _new_id: Callable[[], str]
     _random_bytes: Callable[[int], bytes]
 
+    @abstractmethod
     def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _reading(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _audit(
         self,
         conn: sqlite3.Connection,
@@ -125,7 +129,7 @@ class SqliteTables:
         subject: str | None = None,
         time: datetime | None = None,
     ) -> None:
-        raise NotImplementedError
+        ...
 
 
 class AccessTables(SqliteTables):
