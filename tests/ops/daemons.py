@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -23,24 +22,14 @@ from typing import Any
 
 import pytest
 import trio
+from e2e.processes import CONNECTOR_BIN, EDGE_BIN, tail
 
 from connector.config import Credentials, write_credentials
 from edge.store.sqlite import SqliteStore
 
-BIN = Path(sys.executable).parent
-EDGE_BIN = str(BIN / "tunnelgate-edge")
-CONNECTOR_BIN = str(BIN / "tunnelgate")
 WAIT = 30.0
 STOP_WAIT = 15.0
 MAX_UNIX_PATH = 100
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no stderr captured)"
-    return "\n".join(text.splitlines()[-lines:]) or "(stderr empty)"
 
 
 @dataclass
