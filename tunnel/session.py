@@ -5,10 +5,12 @@ Three tasks per session, whatever the number of streams:
 * the reader turns payload into protocol events as it arrives (a large message is
   parsed piece by piece) and hands them to streams; it never waits on a stream
   (stream buffers are bounded by their windows);
-* the writer waits until the protocol has bytes queued, gives the tasks that queued
-  them a few scheduling rounds to finish what they are queueing (a head, its body,
-  its end), then takes *all* of it and sends it as one message, so frames queued
-  meanwhile by many streams share one write;
+* the writer waits until the protocol has bytes queued, then takes *all* of it and
+  sends it as one message, so frames queued meanwhile by many streams share one
+  write. It does not wait for more: holding frames back a few scheduling rounds to
+  batch them made each side sit idle while the other worked through a whole batch
+  (each process at ~60% CPU under wrk -c32); writing at once took keep-alive
+  throughput up by about a quarter;
 * the heartbeat sends a PING every ``heartbeat_interval`` and declares the link
   dead when nothing at all arrived for ``heartbeat_timeout``. Time comes from
   trio's clock, so tests run it on a ``MockClock``.
@@ -68,8 +70,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_OUTGOING = 1024 * 1024
 # Larger batches are cut into several WebSocket messages; the protocol is self-framed.
 MAX_MESSAGE_BYTES = 1024 * 1024
-# Scheduling rounds the writer waits, while frames keep arriving, before it writes them.
-COALESCE_ROUNDS = 3
 # The reader pauses when this many times max_outgoing bytes wait to be written.
 READER_PAUSE_FACTOR = 4
 _PING_COUNTER = struct.Struct(">Q")
@@ -419,13 +419,6 @@ class TunnelSession:
                         return
                     await self._writer_wakeup.wait()
                     self._writer_wakeup = trio.Event()
-                    # The task that queued a frame is often about to queue more (a head,
-                    # then its body, then its end): let it, so they share one message.
-                    for _round in range(COALESCE_ROUNDS):
-                        queued = connection.outgoing_size
-                        await trio.lowlevel.checkpoint()
-                        if connection.outgoing_size == queued:
-                            break
                     continue
                 size = connection.outgoing_size
                 parts = connection.take_outgoing()
