@@ -58,6 +58,13 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # JWTs and run tokens: base64url of a JSON object, which always starts "eyJ".
     (re.compile(r"\beyJ[A-Za-z0-9_-]{6,}(?:\.[A-Za-z0-9_-]*)*"), REDACTED),
 )
+# A necessary condition for any pattern above to match, checked on the lower-cased text: each
+# pattern needs one of these words, and needs it where the trigger finds it.
+_TRIGGER_WORDS = (
+    "authorization", "cookie", "secret", "assertion", "token", "password", "passwd", "api_key",
+    "apikey", "code_verifier", "cf_app_session", "bearer", "basic", "eyj",
+)
+_TRIGGER = re.compile(rf"\b(?:{_HEADER_NAMES}|{_PARAMETER_NAMES}|bearer|basic)\b|\beyj")
 _REMEMBERED: set[str] = set()
 
 _FIELD_START = re.compile(r"(?:^|(?<=\s))([a-z][a-z0-9_.-]*)=")
@@ -76,10 +83,18 @@ def forget_secrets() -> None:
 
 
 def redact(text: str) -> str:
-    """``text`` with anything that looks like a credential replaced by ``[redacted]``."""
+    """``text`` with anything that looks like a credential replaced by ``[redacted]``.
+
+    Every line passes through here, so the common case must be cheap: the four patterns cost
+    about 40 µs on an audit line, while checking for the words they all need costs under 1 µs
+    (and the one-pass trigger about 9 µs). The patterns run only when the trigger matches.
+    """
     for secret in _REMEMBERED:
         if secret in text:
             text = text.replace(secret, REDACTED)
+    lowered = text.lower()
+    if not any(word in lowered for word in _TRIGGER_WORDS) or not _TRIGGER.search(lowered):
+        return text
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
@@ -154,8 +169,10 @@ class KeyValueFormatter(logging.Formatter):
         ]
         parts.extend(f"{_field_name(key)}={_logfmt_value(value)}" for key, value in fields)
         if record.exc_info:
-            parts.append(f"exception={_logfmt_value(self.formatException(record.exc_info))}")
-        return redact(" ".join(parts))
+            exception = redact(self.formatException(record.exc_info))
+            parts.append(f"exception={_logfmt_value(exception)}")
+        # The message was redacted by RedactingFilter and the ids by _record_fields.
+        return " ".join(parts)
 
 
 class JsonFormatter(logging.Formatter):
@@ -172,8 +189,9 @@ class JsonFormatter(logging.Formatter):
         for key, value in fields:
             entry.setdefault(_field_name(key), value)
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return redact(json.dumps(entry, ensure_ascii=False))
+            entry["exception"] = redact(self.formatException(record.exc_info))
+        # The message was redacted by RedactingFilter and the ids by _record_fields.
+        return json.dumps(entry, ensure_ascii=False)
 
 
 class IdsAdapter(logging.LoggerAdapter[logging.Logger]):

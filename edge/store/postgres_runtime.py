@@ -12,6 +12,7 @@ and session changes notify the other edges (``keys_rotated``, ``sessions_revoked
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import UTC
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -203,13 +204,19 @@ class PgRuntimeTables(PgTables):
         self.record_decisions([decision])
 
     def record_decisions(self, decisions: Sequence[DecisionRecord]) -> None:
-        with self._transaction(exclusive=False) as conn:
-            for decision in decisions:
-                self._audit(
-                    conn,
-                    "access.decision",
-                    decision.detail(),
-                    app=decision.app,
-                    subject=decision.email or decision.service_token,
-                    time=decision.time,
-                )
+        rows = [
+            (
+                decision.time.astimezone(UTC),
+                "access.decision",
+                Jsonb(decision.detail()),
+                decision.app,
+                (decision.email or decision.service_token or "").lower() or None,
+            )
+            for decision in decisions
+        ]
+        with self._transaction(exclusive=False) as conn, conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO audit_log (time, kind, detail, app, subject) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                rows,
+            )

@@ -216,13 +216,18 @@ class RuntimeTables(SqliteTables):
         self.record_decisions([decision])
 
     def record_decisions(self, decisions: Sequence[DecisionRecord]) -> None:
+        rows = [
+            (
+                sql_timestamp(decision.time),
+                "access.decision",
+                json.dumps(decision.detail(), sort_keys=True),
+                decision.app,
+                (decision.email or decision.service_token or "").lower() or None,
+            )
+            for decision in decisions
+        ]
         with self._transaction() as conn:
-            for decision in decisions:
-                self._audit(
-                    conn,
-                    "access.decision",
-                    decision.detail(),
-                    app=decision.app,
-                    subject=decision.email or decision.service_token,
-                    time=decision.time,
-                )
+            conn.executemany(
+                "INSERT INTO audit_log (time, kind, detail, app, subject) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )

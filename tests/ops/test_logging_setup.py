@@ -8,7 +8,10 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from tunnel import logging_setup
 from tunnel.logging_setup import (
     REDACTED,
     configure_logging,
@@ -151,3 +154,29 @@ def test_messages_not_ending_in_pairs_stay_whole() -> None:
     message = f"{label} ending: {label}: closed"
     assert split_fields(message) == (message, [])
     assert split_fields("conn=0 edge=x: draining") == ("conn=0 edge=x: draining", [])
+
+
+def _redact_without_fast_path(text: str) -> str:
+    for pattern, replacement in logging_setup._PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+_FRAGMENTS = st.sampled_from([
+    "Authorization", "proxy-authorization", "COOKIE", "Set-Cookie", "cf_access_client_secret",
+    "Cf-Access-Jwt-Assertion", "X-Tunnelgate-Run-Token", "token", "service_token", "Password",
+    "passwd", "api_key", "ApiKey", "code_verifier", "CF_Authorization", "cf_app_session",
+    "Bearer", "basic", "eyJ", "EYJ", "secret", "client_secret", ":", "=", " ", "\"", "'", ",",
+    "&", ";", "_", "-", "abc123", "value", "{", "}", "[", "]", "\n",
+])
+
+
+@given(st.lists(_FRAGMENTS | st.text(max_size=6), max_size=14).map("".join))
+def test_the_fast_path_never_changes_what_redaction_removes(text: str) -> None:
+    assert redact(text) == _redact_without_fast_path(text)
+
+
+def test_lines_without_credentials_skip_the_patterns_unchanged() -> None:
+    line = '{"app":"bench","service_token":null,"path":"/small","action":"allow"}'
+    assert redact(line) == line
+    assert redact(line + " token=abc123") == line + f" token={REDACTED}"
