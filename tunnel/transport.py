@@ -62,8 +62,8 @@ from .protocol.websocket import (
     OP_TEXT,
     U16,
     U64,
+    apply_mask,
     frame_header,
-    mask_in_place,
 )
 
 __all__ = [
@@ -176,10 +176,8 @@ class WebSocketTransport:
         if not self._client:
             return b"".join([frame_header(opcode, length, None), *parts])
         key = self._random_bytes(4)
-        header = frame_header(opcode, length, key)
-        frame = bytearray().join([header, *parts])
-        mask_in_place(frame, key, len(header))
-        return frame
+        payload = parts[0] if len(parts) == 1 else b"".join(parts)
+        return frame_header(opcode, length, key) + apply_mask(payload, key)
 
     async def send_message(self, data: bytes | bytearray | memoryview) -> None:
         await self.send_parts((data,))
@@ -286,11 +284,9 @@ class WebSocketTransport:
         self._remaining -= size
         key = self._key
         if key is not None:
-            chunk = data if isinstance(data, bytearray) else bytearray(data)
             offset = self._key_offset
-            mask_in_place(chunk, key[offset:] + key[:offset] if offset else key)
+            data = apply_mask(data, key[offset:] + key[:offset] if offset else key)
             self._key_offset = (offset + size) % 4
-            data = chunk
         self._message_end = self._final and not self._remaining
         return data
 
@@ -351,9 +347,9 @@ class WebSocketTransport:
                 return None
             if len(buffer) < header_size + length:
                 return None
-            payload = bytearray(buffer[header_size : header_size + length])
+            payload = bytes(buffer[header_size : header_size + length])
             if masked:
-                mask_in_place(payload, bytes(buffer[offset:header_size]))
+                payload = apply_mask(payload, bytes(buffer[offset:header_size]))
             del buffer[: header_size + length]
             self._on_control(opcode, bytes(payload))
             return False

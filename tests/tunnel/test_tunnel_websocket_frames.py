@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from wsproto.frame_protocol import FrameProtocol, Opcode, XorMaskerSimple
 
 from tunnel.errors import MessageTooLarge, TransportClosed, TransportError
-from tunnel.protocol.websocket import mask_in_place
+from tunnel.protocol.websocket import NATIVE_MASKING, apply_mask, load_native_masker, mask_in_place
 from tunnel.transport import WebSocketTransport
 
 KEY = b"\x37\xfa\x21\x3d"
@@ -67,6 +67,26 @@ def test_masking_matches_wsproto_and_undoes_itself(payload: bytes, key: bytes, s
     assert bytes(data[:start]) == b"h" * start
     mask_in_place(data, key, start)
     assert bytes(data) == b"h" * start + payload
+
+
+@given(payload=st.binary(max_size=300), key=st.binary(min_size=4, max_size=4))
+def test_apply_mask_agrees_with_the_pure_python_masking(payload: bytes, key: bytes) -> None:
+    reference = bytearray(payload)
+    mask_in_place(reference, key)
+    assert apply_mask(payload, key) == bytes(reference)
+    assert apply_mask(memoryview(bytearray(payload)), key) == bytes(reference)
+
+
+def test_the_c_masking_is_installed_and_used() -> None:
+    # The bulk path masks every byte twice; the pure-Python fallback is about 30x slower, so an
+    # install that lost websockets' extension must show up here, not only in the benchmarks.
+    native = load_native_masker()
+    assert native is not None, "websockets' C extension is missing: pip install websockets"
+    assert NATIVE_MASKING
+    data = os.urandom(100_003)
+    reference = bytearray(data)
+    mask_in_place(reference, KEY)
+    assert native(data, KEY) == bytes(reference)
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 200_000])
