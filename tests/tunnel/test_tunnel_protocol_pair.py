@@ -125,7 +125,9 @@ def test_reset_reaches_the_peer_and_late_frames_are_ignored() -> None:
 
 def test_window_is_consumed_and_returned_in_batches() -> None:
     window = 4096
-    edge, connector = registered_pair(connector_limits=Limits(initial_window=window))
+    edge, connector = registered_pair(
+        connector_limits=Limits(initial_window=window, max_window=window)
+    )
     stream_id = edge.open_stream({"kind": "tcp"})
     assert edge.send_credit(stream_id) == window
     edge.send_data(stream_id, b"x" * window)
@@ -147,7 +149,7 @@ def test_window_is_consumed_and_returned_in_batches() -> None:
 
 def test_window_updates_flow_toward_the_connector_too() -> None:
     window = 2048
-    edge, connector = registered_pair(edge_limits=Limits(initial_window=window))
+    edge, connector = registered_pair(edge_limits=Limits(initial_window=window, max_window=window))
     stream_id = edge.open_stream({"kind": "tcp"})
     deliver(edge, connector)
     connector.send_head(stream_id, {"status": 200})
@@ -157,6 +159,55 @@ def test_window_updates_flow_toward_the_connector_too() -> None:
     edge.consumed(stream_id, window)
     assert deliver(edge, connector) == [WindowUpdated(stream_id, window)]
     assert connector.send_credit(stream_id) == window
+
+
+def test_a_stream_whose_reader_keeps_up_gets_its_window_doubled_up_to_the_maximum() -> None:
+    window, maximum = 4096, 16384
+    edge, connector = registered_pair(
+        connector_limits=Limits(initial_window=window, max_window=maximum)
+    )
+    stream_id = edge.open_stream({"kind": "tcp"})
+    edge.send_data(stream_id, b"x" * window)
+    deliver(edge, connector)
+    connector.consumed(stream_id, window // 2)
+    assert deliver(connector, edge) == [WindowUpdated(stream_id, window // 2)], "no growth yet"
+    connector.consumed(stream_id, window // 2)
+    # A whole window taken: the credit comes back and the window doubles (4096 more).
+    assert deliver(connector, edge) == [WindowUpdated(stream_id, window // 2 + window)]
+    assert edge.send_credit(stream_id) == 2 * window
+    edge.send_data(stream_id, b"y" * 2 * window)
+    deliver(edge, connector)
+    connector.consumed(stream_id, 2 * window)
+    assert deliver(connector, edge) == [WindowUpdated(stream_id, 4 * window)]
+    assert edge.send_credit(stream_id) == maximum
+    edge.send_data(stream_id, b"z" * maximum)
+    deliver(edge, connector)
+    connector.consumed(stream_id, maximum)
+    assert deliver(connector, edge) == [WindowUpdated(stream_id, maximum)], "capped"
+    assert edge.send_credit(stream_id) == maximum
+
+
+def test_a_reader_that_does_not_keep_up_never_grows_the_window() -> None:
+    window = 4096
+    edge, connector = registered_pair(
+        connector_limits=Limits(initial_window=window, max_window=1 << 20)
+    )
+    stream_id = edge.open_stream({"kind": "tcp"})
+    edge.send_data(stream_id, b"x" * window)
+    deliver(edge, connector)
+    connector.consumed(stream_id, window - 1)
+    assert deliver(connector, edge) == [WindowUpdated(stream_id, window - 1)]
+    assert edge.send_credit(stream_id) == window - 1
+    with pytest.raises(LocalProtocolError):  # the grown window never came
+        edge.send_data(stream_id, b"y" * window)
+
+
+def test_max_window_stays_local_and_out_of_hello() -> None:
+    limits = Limits(max_window=1 << 22)
+    assert "max_window" not in limits.as_json()
+    edge, _connector = registered_pair(connector_limits=limits)
+    assert edge.peer_limits is not None
+    assert edge.peer_limits.initial_window == limits.initial_window
 
 
 def test_data_is_split_at_the_peer_frame_size() -> None:

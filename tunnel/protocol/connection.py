@@ -13,8 +13,10 @@ to send; the driver moves the bytes. Rules it enforces:
 * Each direction of a stream ends independently with END_STREAM; the stream is
   forgotten once both directions ended or either side reset it.
 * Credit: at most the peer's ``initial_window`` bytes of DATA may be in flight per
-  stream. Overrunning our window is a FLOW_CONTROL_ERROR connection error. Credit
-  goes back in WINDOW_UPDATEs once a quarter of the window has been consumed.
+  stream at first. Overrunning our window is a FLOW_CONTROL_ERROR connection error.
+  Credit goes back in WINDOW_UPDATEs once a quarter of the stream's window has been
+  consumed; each time a whole window has been consumed, the update also doubles the
+  window, up to our ``max_window`` (see ``tunnel.protocol.limits``).
 * A head larger than ``max_header_block`` is a connection error (HEAD_TOO_LARGE):
   the sender is bound by the advertised limit, so such a head means a broken peer,
   and refusing from the frame header keeps the payload out of memory.
@@ -89,12 +91,16 @@ class _Stream:
         "owed",
         "recv_window",
         "remote_ended",
+        "returned",
         "send_window",
+        "window",
     )
 
     def __init__(self, send_window: int, recv_window: int) -> None:
         self.send_window = send_window
         self.recv_window = recv_window
+        self.window = recv_window  # the credit this stream is allowed to reach, grows
+        self.returned = 0  # credit given back since the window last grew
         self.owed = 0
         self.local_ended = False
         self.remote_ended = False
@@ -115,7 +121,7 @@ class TunnelConnection:
         self._out_size = 0
         self._streams: dict[int, _Stream] = {}
         self._highest_stream_id = 0
-        self._update_threshold = max(1, limits.initial_window // 4)
+        self._max_window = max(limits.max_window, limits.initial_window)
         self._register_sent = False
         self._register_received = False
         self._registration_done = False
@@ -335,12 +341,21 @@ class TunnelConnection:
         if stream is None or stream.remote_ended or n <= 0:
             return
         owed = stream.owed + n
-        if owed >= self._update_threshold:
-            stream.owed = 0
-            stream.recv_window += owed
-            self._queue(_WINDOW_UPDATE, 0, stream_id, U32.pack(owed))
-        else:
+        window = stream.window
+        if owed < window >> 2:
             stream.owed = owed
+            return
+        stream.owed = 0
+        grant = owed
+        stream.returned += owed
+        if stream.returned >= window and window < self._max_window:
+            # The reader took a whole window: let the sender have twice as much in flight.
+            extra = min(window, self._max_window - window)
+            stream.window = window + extra
+            stream.returned = 0
+            grant += extra
+        stream.recv_window += grant
+        self._queue(_WINDOW_UPDATE, 0, stream_id, U32.pack(grant))
 
     def reset_stream(self, stream_id: int, code: ErrorCode) -> None:
         """Abort a stream in both directions; a no-op when it already finished."""

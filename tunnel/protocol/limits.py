@@ -3,12 +3,21 @@
 Each side advertises its ``Limits`` in HELLO; they bind what the *peer* may send.
 Every limit is checked before the offending bytes are buffered, so a hostile peer
 can cost at most ``max_frame_size`` bytes of parse buffer plus, per stream,
-``initial_window`` bytes of unread data.
+``initial_window`` bytes of unread data, or ``max_window`` for a stream whose reader has
+kept up with it.
+
+``max_window`` is not advertised: the receiver alone decides to give a busy stream more
+credit, and the peer sees only bigger WINDOW_UPDATEs. A stream starts at ``initial_window``
+(256 KiB, which keeps small requests sharing a connection with a bulk transfer fast); each
+time its reader has taken a whole window's worth, the window doubles, up to ``max_window``
+(1 MiB). Measured on one 2-core machine, a 64 MiB transfer went from about 250 MB/s at a
+fixed 256 KiB to about 450 MB/s with the window grown to 1 MiB: fewer WINDOW_UPDATEs, and the
+sender stops waiting for them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MIN_FRAME_SIZE = 1024
 MAX_FRAME_SIZE = 1 << 24
@@ -24,12 +33,14 @@ class Limits:
     max_concurrent_streams: streams the peer may have open here at one time.
     initial_window: per-stream credit, in bytes of DATA the peer may send unacknowledged.
     max_header_block: largest HEAD payload (its JSON), in bytes.
+    max_window: the most credit a stream grows to while its reader keeps up (local only).
     """
 
     max_frame_size: int = 65536
     max_concurrent_streams: int = 16384
     initial_window: int = 262144
     max_header_block: int = 65536
+    max_window: int = field(default=1048576, compare=False)  # local: not in HELLO or ==
 
     def __post_init__(self) -> None:
         problem = self.problem()
@@ -43,6 +54,7 @@ class Limits:
             ("max_concurrent_streams", self.max_concurrent_streams, 0, MAX_STREAMS),
             ("initial_window", self.initial_window, 1, MAX_WINDOW),
             ("max_header_block", self.max_header_block, MIN_FRAME_SIZE, MAX_FRAME_SIZE),
+            ("max_window", self.max_window, 1, MAX_WINDOW),
         )
         for name, value, low, high in checks:
             if type(value) is not int or not low <= value <= high:
@@ -50,6 +62,7 @@ class Limits:
         return None
 
     def as_json(self) -> dict[str, int]:
+        """What HELLO announces: everything but ``max_window``, which is this side's own."""
         return {
             "max_frame_size": self.max_frame_size,
             "initial_window": self.initial_window,
