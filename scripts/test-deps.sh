@@ -18,6 +18,26 @@ apt_install() {
 }
 
 command -v ip >/dev/null || apt_install "ip (iproute2)" iproute2
+# OpenSSH for the `access tcp` ProxyCommand test: a throw-away sshd on loopback. Keep the
+# package's scripts from starting the system sshd while installing.
+if ! { command -v ssh >/dev/null && command -v ssh-keygen >/dev/null \
+        && { command -v sshd >/dev/null || [ -x /usr/sbin/sshd ]; }; }; then
+    if [ "$(id -u)" = 0 ] && [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    apt_install "sshd and ssh (OpenSSH)" "openssh-server openssh-client"
+fi
+# sshd refuses to start without its privilege-separation directory, which only the system
+# service creates.
+if [ ! -d /run/sshd ]; then
+    if [ "$(id -u)" = 0 ]; then
+        mkdir -p -m 0755 /run/sshd
+    else
+        fail "sshd needs /run/sshd; create it with: sudo mkdir -p -m 0755 /run/sshd"
+    fi
+fi
 [ -x /usr/bin/chromium ] || apt_install "/usr/bin/chromium" chromium
 command -v node >/dev/null || fail "node (Node.js 20+) is needed for the test identity provider: apt-get install nodejs npm"
 command -v npm >/dev/null || fail "npm is needed for the test identity provider: apt-get install npm"

@@ -243,11 +243,16 @@ def sshd(tmp_path: Path) -> Iterator[SshServer]:
     try:
         assert process.stderr is not None
         # sshd logs "Server listening on 127.0.0.1 port N." once bound: the readiness signal.
+        said: list[str] = []
         for line in process.stderr:
             if "Server listening on" in line:
                 break
+            said.append(line.strip())
         else:
-            pytest.fail(f"sshd did not start (exit {process.wait()})")
+            pytest.fail(
+                f"sshd did not start (exit {process.wait()}): {' / '.join(said[-5:])}"
+                " (make test creates /run/sshd and installs openssh-server when run as root)"
+            )
         yield SshServer(port, getpass.getuser(), client_key)
     finally:
         process.terminate()
