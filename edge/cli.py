@@ -41,6 +41,7 @@ from edge.config import (
 )
 from edge.store import StoreError, open_store
 from edge.store.postgres import redact_url
+from tunnel.garbage_collection import settle_after_startup
 from tunnel.logging_setup import LOG_FORMATS, configure_logging
 from tunnel.systemd_notify import SystemdNotifier
 
@@ -344,6 +345,7 @@ def serve(config_path: Path, log_level: str, log_format: str, grace_period: str)
                     )
                 )
                 sys.stdout.flush()
+                settle_after_startup()
                 draining = False
                 async for signum in signals:
                     if draining:

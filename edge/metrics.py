@@ -105,10 +105,13 @@ class EdgeMetrics:
         self.auth_decisions = Counter(
             "tunnelgate_edge_auth_decisions", "Access decisions, by action and stable reason.",
             ["decision", "reason"], registry=self.registry)
-        for status in ("2xx", "3xx", "4xx", "5xx"):
-            self.requests.labels(status)
-        for kind in ERROR_KINDS:
-            self.errors.labels(kind)
+        # labels() costs a lock and a tuple lookup per call; the request path asks for the same
+        # few children every time, so they are looked up once.
+        self._requests_by_class = {
+            status: self.requests.labels(status) for status in ("2xx", "3xx", "4xx", "5xx")
+        }
+        self._errors_by_kind = {kind: self.errors.labels(kind) for kind in ERROR_KINDS}
+        self._decisions: dict[tuple[str, str], Counter] = {}
 
     def observe_tunnels(self, connections: TunnelConnections) -> None:
         self.registry.register(_TunnelCollector(connections))
@@ -116,15 +119,26 @@ class EdgeMetrics:
     def request_finished(self, status: int) -> None:
         """Count one answered request; status 0 means no response head was ever sent."""
         if status == 0:
-            self.errors.labels("no_response").inc()
-        else:
-            self.requests.labels(status_class(status)).inc()
+            self.error("no_response")
+            return
+        label = status_class(status)
+        child = self._requests_by_class.get(label)
+        if child is None:
+            child = self._requests_by_class[label] = self.requests.labels(label)
+        child.inc()
 
     def error(self, kind: str) -> None:
-        self.errors.labels(kind).inc()
+        child = self._errors_by_kind.get(kind)
+        if child is None:
+            child = self._errors_by_kind[kind] = self.errors.labels(kind)
+        child.inc()
 
     def auth_decision(self, decision: str, reason: str) -> None:
-        self.auth_decisions.labels(decision, reason).inc()
+        key = (decision, reason)
+        child = self._decisions.get(key)
+        if child is None:
+            child = self._decisions[key] = self.auth_decisions.labels(decision, reason)
+        child.inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
