@@ -8,7 +8,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tunnel import logging_setup
@@ -167,10 +167,12 @@ _FRAGMENTS = st.sampled_from([
     "Cf-Access-Jwt-Assertion", "X-Tunnelgate-Run-Token", "token", "service_token", "Password",
     "passwd", "api_key", "ApiKey", "code_verifier", "CF_Authorization", "cf_app_session",
     "Bearer", "basic", "eyJ", "EYJ", "secret", "client_secret", ":", "=", " ", "\"", "'", ",",
-    "&", ";", "_", "-", "abc123", "value", "{", "}", "[", "]", "\n",
+    "&", ";", "_", "-", "abc123", "value", "{", "}", "[", "]", "\n", "\u0130", "\u00e9",
+    "\u212a", "x", "9", "access_token", "id_token", "run_token", "tunnel_secret",
 ])
 
 
+@settings(max_examples=1000)
 @given(st.lists(_FRAGMENTS | st.text(max_size=6), max_size=14).map("".join))
 def test_the_fast_path_never_changes_what_redaction_removes(text: str) -> None:
     assert redact(text) == _redact_without_fast_path(text)
