@@ -22,8 +22,10 @@ ops listener answered its own /healthz (or, without one, the event loop turned).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import ssl
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -287,17 +289,17 @@ async def _serve(
                 await stream.aclose()
                 return
             server_name = _sni(stream)
-        async with stream:
-            await serve_http_connection(
-                stream,
-                handle_public,
-                limits=limits,
-                client_ip=_peer_ip(stream),
-                scheme=scheme,
-                trusted_proxies=trusted,
-                server_name=server_name,
-                encoded_slash_allowed=access.allows_encoded_slash,
-            )
+        # serve_http_connection closes the stream; _serve_listener makes sure of it.
+        await serve_http_connection(
+            stream,
+            handle_public,
+            limits=limits,
+            client_ip=_peer_ip(stream),
+            scheme=scheme,
+            trusted_proxies=trusted,
+            server_name=server_name,
+            encoded_slash_allowed=access.allows_encoded_slash,
+        )
 
     async def handle_public(
         request: IncomingRequest, body: RequestBody, respond: ResponseWriter
@@ -314,11 +316,10 @@ async def _serve(
     ops = OpsHandler(registry, metrics, store_health=node.health if node is not None else None)
 
     async def serve_ops(stream: trio.abc.Stream) -> None:
-        async with stream:
-            await serve_http_connection(
-                stream, ops.handle, limits=limits, client_ip=_peer_ip(stream),
-                scheme="http", trusted_proxies=(),
-            )
+        await serve_http_connection(
+            stream, ops.handle, limits=limits, client_ip=_peer_ip(stream),
+            scheme="http", trusted_proxies=(),
+        )
 
     async with trio.open_nursery() as nursery:
         listener_scope = trio.CancelScope()  # everything: shutdown() cancels it
@@ -415,11 +416,24 @@ def _sni(stream: trio.SSLStream[trio.abc.Stream]) -> str | None:
     return str(name) if name else None
 
 
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_RETRY_SECONDS = 0.1
+
+
 async def _serve_listener(
     listener: trio.abc.Listener[Any],
     handler: Callable[[Any], Awaitable[None]],
     handler_nursery: trio.Nursery | None = None,
 ) -> None:
+    """Accept forever, one task per connection, each connection closed exactly once.
+
+    Like ``trio.serve_listeners``, except for the close: that one ends every connection with
+    ``aclose_forcefully`` (a cancel scope and a checkpoint) on top of the handler's own close,
+    which cost about a tenth of the edge's CPU with ``Connection: close``. A plain socket is
+    closed here without waiting; a TLS stream goes through ``aclose_forcefully``, as it may
+    have a close_notify to send.
+    """
+
     async def guarded(stream: Any) -> None:
         try:
             await handler(stream)
@@ -427,8 +441,25 @@ async def _serve_listener(
             pass
         except Exception:
             log.exception("connection handler failed")
+        finally:
+            if isinstance(stream, trio.SocketStream):
+                stream.socket.close()
+            else:
+                await trio.aclose_forcefully(stream)
 
-    await trio.serve_listeners(guarded, [listener], handler_nursery=handler_nursery)
+    async with trio.open_nursery() as own_nursery, listener:
+        nursery = handler_nursery if handler_nursery is not None else own_nursery
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as error:
+                if error.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.error("accept failed (%s); retrying in %s s",
+                          os.strerror(error.errno), ACCEPT_RETRY_SECONDS)
+                await trio.sleep(ACCEPT_RETRY_SECONDS)
+                continue
+            nursery.start_soon(guarded, stream)
 
 
 class OpsHandler:
