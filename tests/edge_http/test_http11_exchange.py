@@ -391,3 +391,23 @@ async def test_encoded_slash_is_accepted_only_for_hosts_that_opt_in() -> None:
         await run_raw(request("/a%2Fb"), Recorder(), encoded_slash_allowed=opted_in)
     )
     assert refused[0].status == 400
+
+
+@pytest.mark.parametrize(
+    ("line", "value"),
+    [
+        (b"X-Padded:   a  b \t ", b"a  b"),
+        (b"X-Tight:v", b"v"),
+        (b"X-Empty: \t ", b""),
+        (b"X-Tab:\tin\tside\t", b"in\tside"),
+        (b"Cookie: CF_Authorization=" + b"e" * 4000 + b"   ", b"CF_Authorization=" + b"e" * 4000),
+    ],
+)
+async def test_header_values_lose_their_surrounding_blanks_only(line: bytes, value: bytes) -> None:
+    recorder = Recorder()
+    raw = b"GET / HTTP/1.1\r\nHost: app.example.com\r\n" + line + b"\r\n\r\n"
+    responses = parse_responses(await run_raw(raw, recorder))
+    assert len(responses) == 1
+    name = line.split(b":", 1)[0].lower()
+    seen = [v for n, v in recorder.requests[0].headers if n.lower() == name]
+    assert seen == [value]
