@@ -4,7 +4,9 @@ Every cell is either a measured median with its min-max spread and the number of
 status with its reason (`failed: ...`, `skipped: ...`, `not run`): a row is never filled in from
 anything but a measurement of this run. Ratios are this target's median divided by the
 reference's median from the same run (`x direct`, `x ssh -R`); for rows measured in ms or MiB
-lower is better, so there a ratio below 1 is the good side.
+lower is better, so there a ratio below 1 is the good side. hypercorn-trio is a reference for
+one row only (the keep-alive target), so its ratios are not a column but a short list under the
+keep-alive table, also stored in the JSON as `ratios_to_hypercorn_trio`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"
 DIRECT = "direct"
 SSH_REFERENCE = "ssh-R"
+HYPERCORN_REFERENCE = "hypercorn-trio"
+HYPERCORN_METRIC = "keepalive_c32_rps"
+# Who is compared to hypercorn-trio on that row, and the project's goal for the ratio, if any.
+HYPERCORN_COMPARED = (("tunnelgate-access", ">= 2"), ("tunnelgate", None))
 CHART_METRICS = (
     "keepalive_c32_rps",
     "close_c32_rps",
@@ -44,6 +50,8 @@ REPORT_ORDER = ("keepalive", "close", "transfer", "latency", "hol", "websockets"
 def summarize_cell(
     recorder: Recorder, target: Target, metric: Metric, selected: set[str]
 ) -> dict[str, Any]:
+    if not target.takes_part_in(metric.scenario):
+        return {"status": "not run", "reason": NOT_APPLICABLE}
     values = recorder.values.get((target.name, metric.key))
     if values:
         cell: dict[str, Any] = {
@@ -102,8 +110,49 @@ def build_results(
             for t in targets
         ],
         "metrics": metrics,
+        "ratios_to_hypercorn_trio": ratios_to_hypercorn(metrics),
         "details": recorder.details,
     }
+
+
+def _unmeasured(name: str, cell: dict[str, Any]) -> str | None:
+    if cell["status"] == "ok":
+        return None
+    reason = cell.get("reason")
+    return f"{name} {cell['status']}" + (f": {reason}" if reason else "")
+
+
+def ratios_to_hypercorn(metrics: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """tunnelgate's keep-alive -c32 median over hypercorn-trio's, from this run only.
+
+    None when the row or hypercorn-trio is not part of the run; a ratio that cannot be computed
+    is null with the reason, never filled in.
+    """
+    row = next((m for m in metrics if m["key"] == HYPERCORN_METRIC), None)
+    if row is None or HYPERCORN_REFERENCE not in row["results"]:
+        return None
+    cells = row["results"]
+    reference = cells[HYPERCORN_REFERENCE]
+    compared = []
+    for name, goal in HYPERCORN_COMPARED:
+        if name not in cells:
+            continue
+        cell = cells[name]
+        entry: dict[str, Any] = {"target": name, "goal": goal}
+        reason = _unmeasured(name, cell) or _unmeasured(HYPERCORN_REFERENCE, reference)
+        if reason is None and not reference["median"]:
+            reason = f"{HYPERCORN_REFERENCE} median is 0"
+        if reason is None:
+            entry["ratio"] = cell["median"] / reference["median"]
+            entry["target_median"] = cell["median"]
+            entry["reference_median"] = reference["median"]
+        else:
+            entry["ratio"] = None
+            entry["reason"] = reason
+        compared.append(entry)
+    if not compared:
+        return None
+    return {"metric": HYPERCORN_METRIC, "reference": HYPERCORN_REFERENCE, "compared": compared}
 
 
 def format_number(value: float) -> str:
@@ -202,7 +251,24 @@ def markdown_table(results: dict[str, Any], chart_name: str | None) -> str:
                     f"{_ratio(cell, cells.get(SSH_REFERENCE)) if name != SSH_REFERENCE else ''} |"
                 )
         lines.append("")
+        if scenario == "keepalive":
+            lines += _hypercorn_lines(results.get("ratios_to_hypercorn_trio"), labels)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _hypercorn_lines(ratios: dict[str, Any] | None, labels: dict[str, str]) -> list[str]:
+    if not ratios:
+        return []
+    reference = labels.get(ratios["reference"], ratios["reference"])
+    lines = [f"Keep-alive `-c32` req/s against {reference} (medians of this run):", ""]
+    for entry in ratios["compared"]:
+        name = f"{labels.get(entry['target'], entry['target'])} / {ratios['reference']}"
+        goal = f" (target {entry['goal']})" if entry["goal"] else ""
+        if entry["ratio"] is None:
+            lines.append(f"- {name}: not computed: {_escape(entry['reason'])}{goal}")
+        else:
+            lines.append(f"- {name}: {entry['ratio']:.2f}x{goal}")
+    return [*lines, ""]
 
 
 def update_readme(readme: Path, table: str) -> None:
@@ -229,7 +295,9 @@ def write_chart(results: dict[str, Any], path: Path) -> str | None:
     labels = {t["name"]: t["label"] for t in results["targets"]}
     figure, axes = plt.subplots(2, 3, figsize=(15, 8))
     for axis, metric in zip(axes.flat, shown, strict=False):
-        names = list(metric["results"])
+        names = [
+            name for name, cell in metric["results"].items() if cell.get("reason") != NOT_APPLICABLE
+        ]
         medians, low, high, texts = [], [], [], []
         for name in names:
             cell = metric["results"][name]

@@ -1,5 +1,8 @@
 """tunnelgate benchmark: the origin directly, through tunnelgate and through `ssh -R`, in one run.
 
+Beside them, hypercorn with a trio worker serving the small body itself is measured as the
+reference of the keep-alive target.
+
 Usage: `.venv/bin/python bench/run.py [--quick] [--only NAME ...]` (see bench/README.md).
 
 Everything runs on 127.0.0.1 with kernel-chosen ports, every load is bounded in time, and every
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -30,15 +34,16 @@ from origin import start_origins
 from processes import BenchError, ProcessGroup
 from report import build_results, markdown_table, selected_scenarios, update_readme, write_chart
 from scenarios import SCENARIOS, Bench, Recorder, Settings
+from ssh_nodelay import probe_ssh_nodelay_variants
 from targets import (
     Direct,
+    HypercornTrio,
     RunContext,
     SshReverse,
     Target,
     TargetSkipped,
     Tunnelgate,
     TunnelgateAccess,
-    probe_ssh_nodelay_variants,
 )
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -56,6 +61,7 @@ QUICK_RUNS, QUICK_SECONDS, QUICK_STREAMS = 1, 2.0, 1_000
 def make_targets() -> list[Target]:
     return [
         Direct("direct", "origin direct"),
+        HypercornTrio("hypercorn-trio", "hypercorn-trio direct"),
         Tunnelgate("tunnelgate", "tunnelgate"),
         TunnelgateAccess("tunnelgate-access", "tunnelgate + Access"),
         SshReverse("ssh-R", "ssh -R"),
@@ -94,7 +100,16 @@ def tool_versions() -> dict[str, str]:
         "nginx": _first_line([find_tool("nginx") or "nginx", "-v"]),
         "ssh": _first_line(["ssh", "-V"]),
         "curl": _first_line(["curl", "--version"]),
+        "hypercorn": _package_version("hypercorn"),
+        "trio": _package_version("trio"),
     }
+
+
+def _package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def git_commit() -> tuple[str, bool]:

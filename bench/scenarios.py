@@ -6,7 +6,8 @@ that a slow minute of the machine does not land on one target only. A measuremen
 recorded with its reason and the run moves on.
 
 Scenario ids (also the names `--only` accepts): rss, keepalive, close, transfer, latency, hol,
-websockets.
+websockets. A target that declares the scenarios it takes part in (`Target.scenarios`) is left
+out of the others entirely: no run, no failure, no row.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ METRICS = (
     Metric("rss_edge_idle_mib", "rss", "edge RSS, idle", "MiB", False),
     Metric("rss_edge_load_mib", "rss", "edge RSS, peak under load 1 (-c32)", "MiB", False),
 )
+METRIC_SCENARIO = {metric.key: metric.scenario for metric in METRICS}
 
 
 @dataclass(frozen=True)
@@ -209,12 +211,15 @@ class Bench:
     recorder: Recorder
     say: Callable[[str], None]
 
-    def _usable(self) -> list[Target]:
-        return [target for target in self.targets if target.usable]
+    def _usable(self, scenario: str) -> list[Target]:
+        """The targets still running that take part in `scenario` (see Target.scenarios)."""
+        return [t for t in self.targets if t.usable and t.takes_part_in(scenario)]
 
     def each_run(self, keys: list[str], measure: Callable[[Target], dict[str, float]]) -> None:
+        """Every run of `measure` on each target taking part in the scenario of `keys`."""
+        scenario = METRIC_SCENARIO[keys[0]]
         for run in range(self.settings.runs):
-            for target in self._usable():
+            for target in self._usable(scenario):
                 problem = target.health()
                 if problem is not None:
                     target.mark("failed", f"stopped during the run: {problem}")
@@ -250,7 +255,7 @@ class Bench:
         return values
 
     def rss_idle(self) -> None:
-        for target in self._usable():
+        for target in self._usable("rss"):
             for role, process in target.rss_roles().items():
                 self.recorder.add(target.name, f"rss_{role}_idle_mib", process.tree_rss_kib() / MIB)
 
@@ -356,7 +361,7 @@ class Bench:
 
     def websockets(self) -> None:
         keys = [m.key for m in METRICS if m.scenario == "websockets"]
-        for target in self._usable():
+        for target in self._usable("websockets"):
             self.say(f"  websockets: {target.name}, {self.settings.websocket_streams} streams")
             try:
                 self._hold_websockets(target)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what bench/run.py needs: wrk, h2load, nginx, OpenSSH and curl from Debian (as root),
-# and matplotlib into the project's virtualenv for the chart. Installs nothing already present.
+# and into the project's virtualenv matplotlib for the chart and hypercorn for the hypercorn-trio
+# reference. Installs nothing already present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,4 +36,8 @@ PY=${PY:-.venv/bin/python}
 if ! "$PY" -c 'import matplotlib' 2>/dev/null; then
   "$PY" -m pip install --quiet 'matplotlib>=3.8' \
     || echo "matplotlib could not be installed: the bench will run without its chart" >&2
+fi
+if ! "$PY" -c 'import hypercorn' 2>/dev/null; then
+  "$PY" -m pip install --quiet 'hypercorn[trio]>=0.18' \
+    || echo "hypercorn could not be installed: the hypercorn-trio target will be marked failed" >&2
 fi

@@ -2,8 +2,9 @@
 
 A target sets itself up from the products' command lines only, exposes the loopback endpoint
 that load is sent to, names the processes whose memory the RSS rows read (`connector`, `edge`),
-and can open a second route to the WebSocket origin for the idle-streams row. A target that
-cannot be set up is not an error of the run: it is marked `failed` (something broke, with the
+and can open a second route to the WebSocket origin for the idle-streams row. One target is no
+route to the origin but a reference server of its own (hypercorn with a trio worker serving
+`/small`); it declares the few scenarios it takes part in. A target that cannot be set up is not an error of the run: it is marked `failed` (something broke, with the
 reason) or `skipped` (deliberately not measured yet, with the reason), and every other target is
 still measured.
 
@@ -24,6 +25,7 @@ import subprocess
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from access_login import ACCESS_CONFIG, APP_COOKIE, sign_in
 from load import Endpoint, probe_status, probe_websocket
@@ -71,6 +73,12 @@ class Target(ABC):
     reason: str = ""
     processes: list[ManagedProcess] = field(default_factory=list)
     _endpoint: Endpoint | None = None
+    # The scenario ids this target is measured in (None: all). A reference that serves only
+    # `/small` leaves the others out, so those rows neither fail nor show a number for it.
+    scenarios: ClassVar[frozenset[str] | None] = None
+
+    def takes_part_in(self, scenario: str) -> bool:
+        return self.scenarios is None or scenario in self.scenarios
 
     @abstractmethod
     def setup(self, context: RunContext) -> None:
@@ -121,6 +129,47 @@ class Direct(Target):
 
     def open_websocket_route(self, context: RunContext) -> WebsocketRoute:
         return WebsocketRoute(Endpoint(context.origins.websocket_port, None), {})
+
+
+@dataclass
+class HypercornTrio(Target):
+    """hypercorn with one trio worker serving `/small` itself (bench/hypercorn_app.py).
+
+    The reference of the "keep-alive >= 2x hypercorn-trio" target: what a plain Python ASGI
+    server manages on this machine with nothing in front of it. It has no `/64m`, no uploads,
+    no WebSocket endpoint and no connector or edge, so it takes part only in the wrk rows on
+    `/small`. Not in the fixed-rate latency rows either: hypercorn (h11) sends its status line
+    without a reason phrase (`HTTP/1.1 200 `), and h2load `--h1` then records status 0 for
+    every response, which the harness rightly refuses as failed requests; wrk reads the status
+    fine. `--backlog` and `--keep-alive` match nginx's `listen ... backlog=4096` and
+    `keepalive_timeout 300s`; like nginx, it writes no access log.
+    """
+
+    scenarios: ClassVar[frozenset[str] | None] = frozenset({"keepalive", "close"})
+
+    def setup(self, context: RunContext) -> None:
+        hypercorn = context.venv_bin / "hypercorn"
+        if not hypercorn.exists():
+            raise BenchError(
+                f"{hypercorn} does not exist: install it with "
+                f"{context.venv_bin / 'pip'} install 'hypercorn[trio]' (or make bench)"
+            )
+        port = free_port()
+        argv = [str(hypercorn), "--worker-class", "trio", "--workers", "1"]
+        argv += ["--bind", f"127.0.0.1:{port}", "--backlog", "4096", "--keep-alive", "300"]
+        bench_dir = Path(__file__).resolve().parent
+        server = context.group.start("hypercorn", [*argv, "hypercorn_app:app"], cwd=bench_dir)
+        self.processes.append(server)
+        self._endpoint = endpoint = Endpoint(port, None)
+        wait_until(
+            lambda: probe_status(endpoint, "/small") == 200,
+            timeout_s=READY_TIMEOUT_S,
+            what="hypercorn --worker-class trio",
+            watch=[server],
+        )
+
+    def open_websocket_route(self, context: RunContext) -> WebsocketRoute:
+        raise BenchError("not measured: serves /small only")
 
 
 def _run_cli(argv: list[str], what: str) -> str:
@@ -519,64 +568,3 @@ def _accepts_ssh(port: int) -> bool:
 
 def _sleeping_sessions(sshd: ManagedProcess) -> list[int]:
     return [pid for pid in process_tree(sshd.pid) if process_name(pid) == "sleep"]
-
-
-def _probe_variant(
-    context: RunContext, plain: SshReverse, label: str, interactive: bool, extra: list[str]
-) -> dict[str, object]:
-    if plain.keys is None or plain.sshd is None:
-        raise BenchError("ssh -R target not running")
-    sshd, sshd_port = plain.sshd, plain.sshd_port
-    probe = SshReverse(name="probe", label=label, interactive=interactive, sshd_port=sshd_port)
-    forward_port = free_port()
-    forward = f"127.0.0.1:{forward_port}:127.0.0.1:{context.origins.nginx_port}"
-    before = set(process_tree(sshd.pid))
-    client = context.group.start(
-        "ssh-probe", probe.client_argv(plain.keys, forward, extra), keep_stdin_open=interactive
-    )
-    try:
-        endpoint = Endpoint(forward_port, None)
-        wait_until(
-            lambda: probe_status(endpoint, "/small") == 200,
-            timeout_s=READY_TIMEOUT_S,
-            what=label,
-            watch=[client],
-        )
-        if interactive:
-            wait_until(
-                lambda: any(
-                    process_name(pid) == "sleep" for pid in set(process_tree(sshd.pid)) - before
-                ),
-                timeout_s=READY_TIMEOUT_S,
-                what=label,
-                watch=[client],
-            )
-        new_pids = sorted(set(process_tree(sshd.pid)) - before)
-        return {
-            "client_nodelay": tcp_nodelay_flags(client.pid, sshd_port),
-            "server_nodelay": [
-                flag for pid in new_pids for flag in tcp_nodelay_flags(pid, sshd_port)
-            ],
-        }
-    finally:
-        context.group.stop(client)
-
-
-def probe_ssh_nodelay_variants(context: RunContext, plain: SshReverse) -> dict[str, object]:
-    """Which ssh invocation really gets TCP_NODELAY: read the flag off the live sockets.
-
-    Checks plain `-N`, `-N -o IPQoS=lowdelay` (only sets the DSCP class) and `-tt` with a remote
-    command (an interactive session), each as a separate connection to the plain target's sshd.
-    """
-    variants: dict[str, tuple[bool, list[str]]] = {
-        "ssh -N -R": (False, []),
-        "ssh -N -R -o IPQoS=lowdelay": (False, ["-o", "IPQoS=lowdelay"]),
-        "ssh -tt -R ... 'exec sleep infinity'": (True, []),
-    }
-    results: dict[str, object] = {}
-    for label, (interactive, extra) in variants.items():
-        try:
-            results[label] = _probe_variant(context, plain, label, interactive, extra)
-        except BenchError as error:
-            results[label] = {"error": str(error)}
-    return results
