@@ -12,6 +12,10 @@ The key set is fetched on first use and cached; a token signed with an unknown `
 one refresh (at most one per ``refresh_floor`` seconds, so garbage kids cannot make the
 connector hammer the edge). Algorithms are a fixed allow-list; key URLs in tokens are ignored.
 
+PyJWT (with the ``cryptography`` it loads) and httpx are imported on first use: together they
+are about a fifth of an idle connector's memory, and most connectors have no rule that asks
+for this check.
+
 Errors::
 
     AccessVerificationError      base
@@ -26,13 +30,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-import jwt
 import trio
 
 from connector.errors import ConfigError
+
+if TYPE_CHECKING:
+    import jwt
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
@@ -88,6 +93,8 @@ FetchJwks = Callable[[str], Awaitable[Mapping[str, Any]]]
 
 
 async def fetch_jwks_over_http(url: str) -> Mapping[str, Any]:
+    import httpx
+
     try:
         async with httpx.AsyncClient(timeout=10, follow_redirects=False) as client:
             response = await client.get(url)
@@ -130,6 +137,8 @@ class AssertionVerifier:
             if requirement.required:
                 raise AssertionRejected(f"no {requirement.header_name} on the stream")
             return None
+        import jwt
+
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError as error:
@@ -169,6 +178,8 @@ class AssertionVerifier:
 
 
 def _parse_keys(document: Mapping[str, Any]) -> dict[str, jwt.PyJWK]:
+    import jwt
+
     keys: dict[str, jwt.PyJWK] = {}
     for entry in document.get("keys") or ():
         if not isinstance(entry, dict) or not isinstance(entry.get("kid"), str):

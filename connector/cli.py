@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote
 
 import click
-import httpx
 
 from connector.access_cli import access
 from connector.config import (
@@ -47,6 +46,8 @@ from connector.ingress import IngressTable, OriginRequest
 from tunnel.logging_setup import LOG_FORMATS, configure_logging, remember_secret
 
 if TYPE_CHECKING:
+    import httpx
+
     from connector.supervisor import ReloadResult
 
 log = logging.getLogger(__name__)
@@ -73,9 +74,15 @@ def format_error(exc: ConnectorError) -> str:
 
 
 class AdminClient:
-    """A thin JSON client; every failure becomes an :class:`AdminApiError` with a hint."""
+    """A thin JSON client; every failure becomes an :class:`AdminApiError` with a hint.
+
+    httpx is imported here rather than with the module: ``tunnel run`` never talks to the
+    admin API, and a long-running connector should not carry the HTTP client in memory.
+    """
 
     def __init__(self, api: str, token: str, *, transport: httpx.BaseTransport | None = None):
+        import httpx
+
         self.api = api.rstrip("/")
         self._client = httpx.Client(
             base_url=self.api, timeout=API_TIMEOUT, transport=transport,
@@ -86,6 +93,8 @@ class AdminClient:
 
     def request(self, method: str, path: str, body: Any = None,
                 params: dict[str, str] | None = None) -> tuple[int, Any]:
+        import httpx
+
         try:
             response = self._client.request(method, path, json=body, params=params)
         except (httpx.TransportError, httpx.InvalidURL) as exc:

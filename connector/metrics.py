@@ -1,6 +1,7 @@
 """The connector's Prometheus metrics, served by ``tunnel run --metrics HOST:PORT``.
 
-Each supervisor owns a ``ConnectorMetrics`` with its own ``CollectorRegistry``. Streams are
+A supervisor that serves metrics owns a ``ConnectorMetrics`` with its own ``CollectorRegistry``
+(without ``--metrics`` there is none, and this module is not even imported). Streams are
 counted by wrapping each tunnel stream in a ``MeteredStream`` before the origin dispatcher sees
 it, so the dispatcher (the hot path) stays free of metric calls: the wrapper sees the response
 head (status class), every chunk (bytes each way) and a reset (error kind, from the reset code).
@@ -129,6 +130,9 @@ class ConnectorMetrics:
 
     def auth_decision(self, decision: str, reason: str) -> None:
         self.auth_decisions.labels(decision, reason).inc()
+
+    def config_reload(self, result: str) -> None:
+        self.config_reloads.labels(result).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import trio
@@ -205,6 +205,20 @@ class OriginDispatcher:
 
     async def _serve_http(self, stream: TunnelStreamLike, head: Mapping[str, Any],
                           service: HttpService, options: OriginRequest) -> None:
+        upgraded = await self._forward_http(stream, head, service, options)
+        if upgraded is None:
+            return
+        # The relay runs here, once the request's frame (its headers, the response head) is
+        # gone: an upgraded connection may stay open for days, and there may be thousands.
+        try:
+            await _relay(stream, upgraded.stream, upgraded.pending)
+        finally:
+            await self.pool.discard(upgraded)
+
+    async def _forward_http(self, stream: TunnelStreamLike, head: Mapping[str, Any],
+                            service: HttpService, options: OriginRequest
+                            ) -> OriginConnection | None:
+        """Forward one exchange; after a 101 to a WebSocket upgrade, the connection to relay."""
         method, target, headers, body_mode, websocket = _request_parts(head, options)
         first_chunk = b""
         if body_mode == "unknown":
@@ -236,9 +250,10 @@ class OriginDispatcher:
                     if head_wait.cancelled_caught:
                         raise _response_timeout(service, options)
                     if websocket and response.status == 101:
-                        await self._relay_upgraded(stream, conn, response)
-                        await self.pool.discard(conn)
-                        return
+                        conn.reusable = False
+                        await stream.send_head({"status": 101,
+                                                "headers": _head_headers(response, keep_all=True)})
+                        return conn
                     await _forward_response(stream, conn, response)
                 else:
                     await self._exchange_with_body(stream, conn, request_head, first_chunk,
@@ -248,7 +263,8 @@ class OriginDispatcher:
                 await self.pool.discard(conn)
                 raise
             await self.pool.release(conn, service, options)
-            return
+            return None
+        raise AssertionError("not reached: the second attempt returns or raises")
 
     async def _exchange_with_body(self, stream: TunnelStreamLike, conn: OriginConnection,
                                   request_head: bytes, first_chunk: bytes,
@@ -275,12 +291,6 @@ class OriginDispatcher:
             nursery.cancel_scope.cancel()
         if exchange.error is not None:
             raise exchange.error
-
-    async def _relay_upgraded(self, stream: TunnelStreamLike, conn: OriginConnection,
-                              response: ResponseHead) -> None:
-        conn.reusable = False
-        await stream.send_head({"status": 101, "headers": _head_headers(response, keep_all=True)})
-        await _relay(stream, conn.stream, conn.pending)
 
     # -- raw TCP ----------------------------------------------------------------------------
 
@@ -435,44 +445,62 @@ async def _pump_request_body(stream: TunnelStreamLike, conn: OriginConnection,
 
 
 async def _relay(stream: TunnelStreamLike, origin: trio.abc.Stream, pending: bytes) -> None:
-    """Copy bytes both ways until both directions have ended, passing half-closes on."""
+    """Copy bytes both ways until both directions have ended, passing half-closes on.
+
+    An upgraded connection may stay open, idle, for days, and the connector may hold
+    thousands, so a relay holds little: the calling task copies the origin's bytes itself and
+    only the other direction gets a task, and the copies are plain functions, not closures.
+    """
     failures: list[BaseException] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_copy_to_origin, stream, origin, failures, nursery.cancel_scope)
+        await _copy_from_origin(origin, stream, pending, failures, nursery.cancel_scope)
+    if failures:
+        raise failures[0]
 
-    async def origin_receive(max_bytes: int) -> bytes | bytearray:
-        try:
-            return await origin.receive_some(max_bytes)
-        except _ORIGIN_IO_ERRORS as exc:
-            raise OriginUnreachable(f"origin connection broke: {exc}") from exc
 
-    async def origin_send(data: bytes | bytearray) -> None:
-        try:
-            await origin.send_all(data)
-        except _ORIGIN_IO_ERRORS as exc:
-            raise OriginUnreachable(f"origin connection broke: {exc}") from exc
-
-    async def origin_end() -> None:
+async def _copy_to_origin(stream: TunnelStreamLike, origin: trio.abc.Stream,
+                          failures: list[BaseException], cancel_all: trio.CancelScope) -> None:
+    try:
+        while chunk := await stream.receive_some(CHUNK):
+            try:
+                await origin.send_all(chunk)
+            except _ORIGIN_IO_ERRORS as exc:
+                raise OriginUnreachable(f"origin connection broke: {exc}") from exc
         if isinstance(origin, trio.abc.HalfCloseableStream):  # TLS cannot half-close
             with contextlib.suppress(*_ORIGIN_IO_ERRORS):
                 await origin.send_eof()
+    except (OriginUnreachable, *TUNNEL_ERRORS) as exc:
+        failures.append(exc)
+        cancel_all.cancel()
 
-    async def copy(receive: Callable[[int], Awaitable[bytes | bytearray]],
-                   send: Callable[[bytes | bytearray], Awaitable[None]],
-                   end: Callable[[], Awaitable[None]], first: bytes) -> None:
-        try:
-            if first:
-                await send(first)
-            while chunk := await receive(CHUNK):
-                await send(chunk)
-            await end()
-        except (OriginUnreachable, *TUNNEL_ERRORS) as exc:
-            failures.append(exc)
-            nursery.cancel_scope.cancel()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(copy, stream.receive_some, origin_send, origin_end, b"")
-        nursery.start_soon(copy, origin_receive, stream.send_all, stream.send_eof, pending)
-    if failures:
-        raise failures[0]
+async def _copy_from_origin(origin: trio.abc.Stream, stream: TunnelStreamLike, pending: bytes,
+                            failures: list[BaseException], cancel_all: trio.CancelScope) -> None:
+    # Unless the last read filled a whole chunk (so more is likely waiting), the next bytes
+    # are awaited with wait_readable before reading: parked there, a task holds about half the
+    # memory it holds parked inside receive_some, and an idle WebSocket spends its life
+    # waiting. Only for plain sockets: TLS may hold decrypted bytes the socket does not show.
+    sock = origin.socket if isinstance(origin, trio.SocketStream) else None
+    more_waiting = False
+    try:
+        if pending:
+            await stream.send_all(pending)
+        while True:
+            try:
+                if sock is not None and not more_waiting:
+                    await trio.lowlevel.wait_readable(sock)
+                chunk = await origin.receive_some(CHUNK)
+            except _ORIGIN_IO_ERRORS as exc:
+                raise OriginUnreachable(f"origin connection broke: {exc}") from exc
+            if not chunk:
+                break
+            await stream.send_all(chunk)
+            more_waiting = len(chunk) == CHUNK
+        await stream.send_eof()
+    except (OriginUnreachable, *TUNNEL_ERRORS) as exc:
+        failures.append(exc)
+        cancel_all.cancel()
 
 
 async def _serve_hello_world(stream: TunnelStreamLike, head: Mapping[str, Any]) -> None:

@@ -24,6 +24,10 @@ stay and the log says why.
 systemd: READY=1 after the first registered connection, WATCHDOG=1 after each passing health
 check (the ops listener's /healthz when ``--metrics`` is set, else the event loop turning),
 STATUS= with the number of registered connections.
+
+Metrics exist only when something serves them (``--metrics``): without the ops listener nobody
+could read them, so the streams are not wrapped for counting and prometheus_client is never
+imported, which keeps an idle connector small.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import trio
@@ -42,13 +47,11 @@ from connector.backoff import Backoff
 from connector.config import RunSettings, load_connector_config
 from connector.errors import ConfigError, ConnectorError
 from connector.ingress import IngressTable
-from connector.metrics import ConnectorMetrics
-from connector.ops import OpsEndpoints, listener_address, open_ops_listener, serve_ops
 from connector.origin import OriginDispatcher, TunnelStreamLike
 from tunnel.auth import encode_run_token
 from tunnel.errors import HandshakeError, HandshakeRefused, RegistrationRefused, TransportError
 from tunnel.protocol import RegisterInfo, Role, TunnelConnection
-from tunnel.session import SessionTiming, TunnelSession
+from tunnel.session import SessionTiming, StreamHandler, TunnelSession
 from tunnel.systemd_notify import (
     HealthCheck,
     SystemdNotifier,
@@ -57,6 +60,9 @@ from tunnel.systemd_notify import (
     run_watchdog,
 )
 from tunnel.transport import connect_websocket
+
+if TYPE_CHECKING:
+    from connector.metrics import ConnectorMetrics
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +131,9 @@ class Supervisor:
         self.state = ConnectorState()
         self._rng = rng or random.Random()
         self._on_ready = on_ready
-        self.metrics = metrics or ConnectorMetrics()
-        self.metrics.observe_state(self.state)
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.observe_state(self.state)
         self._notifier = notifier or SystemdNotifier()
         self._dispatcher = OriginDispatcher(settings.ingress)
         self._token = encode_run_token(
@@ -147,8 +154,20 @@ class Supervisor:
         """Swap the rules in one assignment: streams already dispatched keep their rule."""
         self._dispatcher.table = table
 
-    async def _serve_stream(self, stream: TunnelStreamLike) -> None:
-        await self._dispatcher.serve_stream(self.metrics.metered(stream))
+    def _stream_handler(self) -> StreamHandler:
+        """The dispatcher itself, behind a counting wrapper only when metrics are kept."""
+        metrics, serve = self.metrics, self._dispatcher.serve_stream
+        if metrics is None:
+            return serve
+
+        async def serve_metered(stream: TunnelStreamLike) -> None:
+            await serve(metrics.metered(stream))
+
+        return serve_metered
+
+    def _count_error(self, kind: str) -> None:
+        if self.metrics is not None:
+            self.metrics.error(kind)
 
     def _report_connections(self) -> None:
         self._notifier.status(f"{self.state.ready_connections} of "
@@ -196,23 +215,23 @@ class Supervisor:
             try:
                 await self._connect_once(index, edge_url)
             except PermanentRefusal as refusal:
-                self.metrics.error("permanent_refusal")
+                self._count_error("permanent_refusal")
                 self._permanent = str(refusal)
                 log.error("tunnel refused permanently conn=%d edge=%s reason=%s",
                           index, edge_url, refusal)
                 self._nursery.cancel_scope.cancel()
                 return
             except HandshakeRefused as exc:
-                self.metrics.error("handshake_refused")
+                self._count_error("handshake_refused")
                 log.warning("tunnel upgrade refused conn=%d edge=%s status=%d",
                             index, edge_url, exc.status_code)
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
                     trio.TooSlowError, TransportError, HandshakeError) as exc:
-                self.metrics.error("connect_failed")
+                self._count_error("connect_failed")
                 log.warning("tunnel connection failed conn=%d edge=%s error=%s",
                             index, edge_url, exc or type(exc).__name__)
             except RegistrationRefused as exc:
-                self.metrics.error("registration_refused")
+                self._count_error("registration_refused")
                 log.warning("tunnel registration refused conn=%d edge=%s code=%s",
                             index, edge_url, exc.code)
             finally:
@@ -246,7 +265,7 @@ class Supervisor:
         session = TunnelSession(
             transport,
             TunnelConnection(Role.CONNECTOR),
-            handle_stream=self._serve_stream,
+            handle_stream=self._stream_handler(),
             timing=self._timing,
             label=f"conn={index} edge={edge_url}",
         )
@@ -311,10 +330,12 @@ async def reload_ingress(supervisor: Supervisor, config_path: Path | None) -> Re
             error = f"{source}: {exc}" if source else str(exc)
         else:
             supervisor.replace_ingress(config.ingress)
-            supervisor.metrics.config_reloads.labels("ok").inc()
+            if supervisor.metrics is not None:
+                supervisor.metrics.config_reload("ok")
             log.info("ingress rules reloaded path=%s rules=%d", config_path, len(config.ingress))
             return ReloadResult(True, len(config.ingress))
-    supervisor.metrics.config_reloads.labels("error").inc()
+    if supervisor.metrics is not None:
+        supervisor.metrics.config_reload("error")
     log.error("ingress reload failed, keeping the current %d rules: %s",
               len(supervisor.ingress), error)
     return ReloadResult(False, len(supervisor.ingress), error)
@@ -337,15 +358,27 @@ async def run_connector(
     ``on_metrics`` learns its bound address.
     """
     notifier = notifier or SystemdNotifier()
-    supervisor = Supervisor(settings, on_ready=on_ready, notifier=notifier)
+    ops_address = settings.metrics
+    metrics: ConnectorMetrics | None = None
+    if ops_address is not None:
+        from connector.metrics import ConnectorMetrics
+
+        metrics = ConnectorMetrics()
+    supervisor = Supervisor(settings, on_ready=on_ready, notifier=notifier, metrics=metrics)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             health: HealthCheck = event_loop_turns
-            if settings.metrics is not None:
-                listener = await open_ops_listener(settings.metrics)
+            if ops_address is not None and metrics is not None:
+                from connector.ops import (
+                    OpsEndpoints,
+                    listener_address,
+                    open_ops_listener,
+                    serve_ops,
+                )
+
+                listener = await open_ops_listener(ops_address)
                 address = listener_address(listener)
-                endpoints = OpsEndpoints(supervisor.state, supervisor.metrics,
-                                         settings.connector_id)
+                endpoints = OpsEndpoints(supervisor.state, metrics, settings.connector_id)
                 nursery.start_soon(serve_ops, listener, endpoints)
                 health = http_health_check(address)
                 log.info("ops listener serving /metrics /ready /healthz address=%s", address)

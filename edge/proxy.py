@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -46,6 +46,7 @@ HOP_BY_HOP_RESPONSE = frozenset(
     }
 )
 RELAY_CHUNK = 65536
+_RELAY_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, StreamReset, SessionClosed)
 _RESET_ERROR_KINDS: dict[int, str] = {
     ErrorCode.ORIGIN_TIMEOUT: "origin_timeout",
     ErrorCode.ORIGIN_UNREACHABLE: "origin_unreachable",
@@ -258,18 +259,13 @@ class Proxy:
             return
         raw_headers = response.get("headers") or []
         assert isinstance(raw_headers, list)
-        headers = [
-            (str(n).encode("latin-1"), str(v).encode("latin-1"))
-            for n, v in raw_headers
-            if str(n).lower() not in HOP_BY_HOP_RESPONSE
-        ]
         if status == 101 and request.is_websocket_upgrade:
-            upgrade_headers = [
-                (str(n).encode("latin-1"), str(v).encode("latin-1")) for n, v in raw_headers
-            ]
-            client = await respond.upgrade(101, upgrade_headers)
+            # The header list is built inside the call: this frame stays alive for as long as
+            # the WebSocket does, and must not keep a copy of the headers that long.
+            client = await respond.upgrade(101, _encoded_headers(raw_headers))
             await relay(client, stream)
             return
+        headers = _encoded_headers(raw_headers, skip=HOP_BY_HOP_RESPONSE)
         # Whatever of the body already arrived goes out with the head; a small response that
         # arrived whole (the usual case) is answered in one write.
         first = stream.take_buffered(RELAY_CHUNK)
@@ -326,6 +322,16 @@ class Proxy:
                                 f"The tunnel stream was reset (code {code}).")
 
 
+def _encoded_headers(
+    raw_headers: list[Any], skip: frozenset[str] = frozenset()
+) -> list[tuple[bytes, bytes]]:
+    return [
+        (str(n).encode("latin-1"), str(v).encode("latin-1"))
+        for n, v in raw_headers
+        if str(n).lower() not in skip
+    ]
+
+
 def _needs_pump(request: IncomingRequest) -> bool:
     return request.has_body and not request.is_websocket_upgrade
 
@@ -343,24 +349,34 @@ async def _refused_unprocessed(stream: TunnelStream) -> bool:
 
 
 async def relay(client: trio.abc.Stream, stream: TunnelStream) -> None:
-    """Copy raw bytes both ways (WebSocket after 101, raw TCP) until both directions end."""
+    """Copy raw bytes both ways (WebSocket after 101, raw TCP) until both directions end.
 
-    async def client_to_tunnel() -> None:
-        try:
-            while chunk := await client.receive_some(RELAY_CHUNK):
-                await stream.send_all(chunk)
-            await stream.send_eof()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, StreamReset, SessionClosed):
-            nursery.cancel_scope.cancel()
-
-    async def tunnel_to_client() -> None:
-        try:
-            while chunk := await stream.receive_some(RELAY_CHUNK):
-                await client.send_all(chunk)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, StreamReset, SessionClosed):
-            pass
-        nursery.cancel_scope.cancel()
-
+    An idle WebSocket may stay open for days and the edge may hold thousands, so a relay holds
+    little: the calling task copies the tunnel's bytes itself and only the other direction gets
+    a task, and the copies are plain functions, not closures.
+    """
     async with client, trio.open_nursery() as nursery:
-        nursery.start_soon(client_to_tunnel)
-        nursery.start_soon(tunnel_to_client)
+        nursery.start_soon(_client_to_tunnel, client, stream, nursery.cancel_scope)
+        await _tunnel_to_client(stream, client, nursery.cancel_scope)
+
+
+async def _client_to_tunnel(
+    client: trio.abc.Stream, stream: TunnelStream, cancel_all: trio.CancelScope
+) -> None:
+    try:
+        while chunk := await client.receive_some(RELAY_CHUNK):
+            await stream.send_all(chunk)
+        await stream.send_eof()
+    except _RELAY_ERRORS:
+        cancel_all.cancel()
+
+
+async def _tunnel_to_client(
+    stream: TunnelStream, client: trio.abc.Stream, cancel_all: trio.CancelScope
+) -> None:
+    try:
+        while chunk := await stream.receive_some(RELAY_CHUNK):
+            await client.send_all(chunk)
+    except _RELAY_ERRORS:
+        pass
+    cancel_all.cancel()

@@ -11,6 +11,12 @@ Closing: ``send_eof()`` ends this direction. ``aclose()`` ends this direction to
 finished it resets the stream with CANCEL so the peer stops sending. To abandon a
 half-written message use ``reset(code)`` (or leave an ``async with`` block with an
 exception), so the peer sees an error rather than a clean, truncated EOF.
+
+A tunnel may hold tens of thousands of idle streams (WebSockets), so a stream keeps only what
+it uses: no attribute dict, a receive buffer only while received bytes wait to be taken, and
+one slot per direction for the task waiting there (a stream has at most one receiving and one
+sending task) instead of a ``ParkingLot``, which costs several times as much once a task waits.
+The response head is received like data: it is the first thing that arrives.
 """
 
 from __future__ import annotations
@@ -33,6 +39,28 @@ DEFAULT_RECEIVE_SIZE = 256 * 1024
 MIN_WRITE = 16 * 1024
 
 
+class _Waiter:
+    """The one task parked on a direction of a stream, until ``wake()`` or a cancellation."""
+
+    __slots__ = ("_task",)
+
+    def __init__(self) -> None:
+        self._task: trio.lowlevel.Task | None = None
+
+    async def wait(self) -> None:
+        self._task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
+
+    def _abort(self, _raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        self._task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def wake(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+
 class TunnelStream(trio.abc.HalfCloseableStream):
     """A bidirectional byte stream inside a tunnel session.
 
@@ -42,6 +70,26 @@ class TunnelStream(trio.abc.HalfCloseableStream):
     session raises its ``SessionClosed``; both are ``trio.BrokenResourceError``.
     """
 
+    __slots__ = (
+        "_closed",
+        "_conn",
+        "_inbound",
+        "_inbound_offset",
+        "_inbound_size",
+        "_local_ended",
+        "_receiver",
+        "_receiving",
+        "_remote_ended",
+        "_reset",
+        "_sender",
+        "_sending",
+        "_session",
+        "_session_error",
+        "head",
+        "response_head",
+        "stream_id",
+    )
+
     def __init__(
         self, session: TunnelSession, stream_id: int, head: Head, *, remote_ended: bool = False
     ) -> None:
@@ -50,7 +98,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         self.stream_id = stream_id
         self.head = head
         self.response_head: Head | None = None
-        self._inbound: deque[bytes] = deque()
+        self._inbound: deque[bytes] | None = None
         self._inbound_offset = 0
         self._inbound_size = 0
         self._remote_ended = remote_ended
@@ -58,9 +106,8 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         self._closed = False
         self._reset: StreamReset | None = None
         self._session_error: SessionClosed | None = None
-        self._receive_lot = trio.lowlevel.ParkingLot()
-        self._send_lot = trio.lowlevel.ParkingLot()
-        self._head_event = trio.Event()
+        self._receiver = _Waiter()
+        self._sender = _Waiter()
         self._sending = False
         self._receiving = False
 
@@ -87,22 +134,23 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         if self._closed:
             return
         if data:
+            if self._inbound is None:
+                self._inbound = deque()
             self._inbound.append(data)
             self._inbound_size += len(data)
         if end_stream:
             self._remote_ended = True
-        if self._receive_lot:
-            self._receive_lot.unpark_all()
+        self._receiver.wake()
 
     def _on_credit(self) -> None:
-        if self._send_lot:
-            self._send_lot.unpark_all()
+        self._sender.wake()
 
     def _on_head(self, head: Head, end_stream: bool) -> None:
         self.response_head = head
-        self._head_event.set()
         if end_stream:
             self._on_data(b"", True)
+        else:
+            self._receiver.wake()
 
     def _on_reset(self, code: ErrorCode, by_peer: bool) -> None:
         self._reset = StreamReset(code, by_peer=by_peer)
@@ -113,11 +161,8 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         self._wake_all()
 
     def _wake_all(self) -> None:
-        if self._receive_lot:
-            self._receive_lot.unpark_all()
-        if self._send_lot:
-            self._send_lot.unpark_all()
-        self._head_event.set()
+        self._receiver.wake()
+        self._sender.wake()
         self._session.wake_senders()
 
     # -- failure checks --------------------------------------------------------------
@@ -141,25 +186,35 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is sending on this stream")
         self._sending = True
 
+    def _claim_receive(self) -> None:
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this stream")
+        self._receiving = True
+
     # -- receiving -------------------------------------------------------------------
 
     async def receive_head(self) -> Head:
-        """The response head (edge side); raises StreamReset if the stream was reset first."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        waited = False
-        while True:
-            if self.response_head is not None:
-                break
-            if self._closed:
-                raise trio.ClosedResourceError("the stream is closed")
-            broken = self._broken()
-            if broken is not None:
-                raise broken
-            await self._head_event.wait()
-            waited = True
-        if not waited:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        return self.response_head
+        """The response head (edge side); raises StreamReset if the stream was reset first.
+
+        Receiving the head counts as receiving: one task at a time, as for ``receive_some``.
+        """
+        self._claim_receive()
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            waited = False
+            while self.response_head is None:
+                if self._closed:
+                    raise trio.ClosedResourceError("the stream is closed")
+                broken = self._broken()
+                if broken is not None:
+                    raise broken
+                await self._receiver.wait()
+                waited = True
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return self.response_head
+        finally:
+            self._receiving = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if max_bytes is None:
@@ -168,9 +223,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             max_bytes = operator.index(max_bytes)
             if max_bytes < 1:
                 raise ValueError("max_bytes must be at least 1")
-        if self._receiving:
-            raise trio.BusyResourceError("another task is receiving on this stream")
-        self._receiving = True
+        self._claim_receive()
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
             while True:
@@ -186,7 +239,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                 broken = self._broken()
                 if broken is not None:
                     raise broken
-                await self._receive_lot.park()
+                await self._receiver.wait()
         finally:
             self._receiving = False
 
@@ -203,6 +256,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
 
     def _take(self, max_bytes: int) -> bytes:
         inbound = self._inbound
+        assert inbound is not None
         parts: list[bytes] = []
         need = max_bytes
         while inbound and need:
@@ -218,6 +272,8 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                 parts.append(chunk[start : start + need])
                 self._inbound_offset = start + need
                 need = 0
+        if not inbound:
+            self._inbound = None
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         size = len(data)
         self._inbound_size -= size
@@ -264,7 +320,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                     self._check_send()
                     credit = conn.send_credit(stream_id)
                     if credit == 0:
-                        await self._send_lot.park()
+                        await self._sender.wait()
                         waited = True
                         continue
                     room = session.outgoing_room
@@ -292,7 +348,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                 if self._local_ended or self._broken() is not None:
                     break
                 if self._conn.send_credit(self.stream_id) == 0:
-                    await self._send_lot.park()
+                    await self._sender.wait()
                 elif self._session.outgoing_room <= 0:
                     await self._session.wait_for_room()
                 else:
@@ -351,7 +407,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
 
     def _close_locally(self) -> None:
         self._closed = True
-        self._inbound.clear()
+        self._inbound = None
         self._inbound_size = 0
         self._session.kick_writer()
         self._session.forget_stream(self.stream_id)
