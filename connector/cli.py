@@ -43,6 +43,7 @@ from connector.config import (
 )
 from connector.errors import AdminApiError, AdminApiUnreachable, ConfigError, ConnectorError
 from connector.ingress import IngressTable, OriginRequest
+from tunnel.garbage_collection import settle_after_startup
 from tunnel.logging_setup import LOG_FORMATS, configure_logging, remember_secret
 
 if TYPE_CHECKING:
@@ -478,6 +479,7 @@ def run(ctx: click.Context, name: str | None, credentials_file: Path | None,
         click.echo(json.dumps({"event": "ready", "tunnel_id": settings.credentials.tunnel_id,
                                "connector_id": settings.connector_id}))
         sys.stdout.flush()
+        settle_after_startup()
 
     def announce_metrics(address: str) -> None:
         click.echo(json.dumps({"event": "metrics", "address": address}))

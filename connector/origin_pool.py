@@ -58,9 +58,11 @@ _TARGET = re.compile(rb"[\x21-\x7e\x80-\xff]+")
 # A field value without leading or trailing whitespace; no control bytes but HTAB.
 _FIELD_VALUE = re.compile(rb"(?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [\t\x20-\x7e\x80-\xff]*)?")
-# A token, a colon, and a value without control bytes but HTAB (its ends stripped).
+# A token, a colon, and a value without control bytes but HTAB (leading blanks skipped here,
+# trailing ones stripped by the caller: a lazy value followed by "[ \t]*" retried the tail at
+# every byte of the value).
 _HEADER_LINE = re.compile(
-    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*"
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\t\x20-\x7e\x80-\xff]*)"
 )
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;.*)?")
 
@@ -238,7 +240,7 @@ class OriginConnection:
             if parsed is None:
                 raise self._broken(f"origin sent a bad header line {line[:80]!r}")
             name, value = parsed.groups()
-            headers.append((name, value))
+            headers.append((name, value.rstrip(b" \t")))
         return ResponseHead(int(match.group(2)), headers, int(match.group(1)))
 
     def _frame_body(self, head: ResponseHead, head_request: bool) -> None:

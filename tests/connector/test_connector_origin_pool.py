@@ -153,3 +153,18 @@ async def test_oversized_response_head_is_refused() -> None:
     conn = connection_with_answer(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000, piece=8192)
     with pytest.raises(OriginUnreachable, match="exceeds"):
         await conn.read_head()
+
+
+async def test_response_header_values_lose_their_surrounding_blanks_only() -> None:
+    cookie = b"session=" + b"v" * 3000
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Padded:   a  b \t \r\nX-Tight:v\r\n"
+        b"X-Tab:\tin\tside\t\r\nSet-Cookie: " + cookie + b"    \r\n\r\nok"
+    )
+    status, headers, body = await read_all(connection_with_answer(answer, piece=4096))
+    assert (status, body) == (200, b"ok")
+    values = {name.lower(): value for name, value in headers}
+    assert values[b"x-padded"] == b"a  b"
+    assert values[b"x-tight"] == b"v"
+    assert values[b"x-tab"] == b"in\tside"
+    assert values[b"set-cookie"] == cookie
