@@ -22,6 +22,8 @@ Choices a reader might not expect:
   the handler left part of the request body unread that had not already arrived, the
   connection is closed rather than reused.
 * A handler that raises gets 500; one that returns without answering gets 502.
+* After a ``101`` a handler may return a relay instead of relaying itself: it runs here once
+  the handler's frames are gone (``edge.http_messages.Handler`` says why).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from edge.http_messages import (
     IncomingRequest,
     MisdirectedRequest,
     PayloadTooLarge,
+    Relay,
     RequestBody,
     RequestTimeout,
     ResponseStateError,
@@ -80,6 +83,7 @@ __all__ = [
     "IncomingRequest",
     "MisdirectedRequest",
     "PayloadTooLarge",
+    "Relay",
     "RequestBody",
     "RequestRejected",
     "RequestTimeout",
@@ -200,6 +204,7 @@ class _ClientConnection:
         self._new_request_id = new_request_id
         self._linger = False
         self._upgraded = False
+        self._relay: tuple[Relay, str] | None = None
 
     async def run(self) -> None:
         first = True
@@ -213,7 +218,15 @@ class _ClientConnection:
                 return
             first = False
             if not await self._serve_one(head_end):
-                return
+                break
+        upgraded, self._relay = self._relay, None
+        if upgraded is not None:
+            # What a handler handed back after a 101 (edge.http_messages.Handler).
+            relay, request_id = upgraded
+            try:
+                await relay()
+            except Exception:
+                log.exception("relay failed request=%s", request_id)
 
     async def close(self) -> None:
         stream = self._io.stream
@@ -283,21 +296,27 @@ class _ClientConnection:
 
     async def _serve_one(self, head_end: int) -> bool:
         """Parse, hand to the handler, check the outcome; ``True`` to keep the connection."""
-        io = self._io
-        head = bytes(io.buffer[:head_end])
-        del io.buffer[:head_end]
         context = _ErrorContext(self._new_request_id())
         try:
-            method, target, version, raw_headers = _parse_head(head)
-            context.method = method
-            context.accept = _first_header(raw_headers, b"accept")
-            request, upgrade_requested = self._build_request(
-                method, target, version, raw_headers, context
-            )
+            request, upgrade_requested = self._take_request(head_end, context)
         except RequestRejected as exc:
             await self._front_error(exc, context)
             return False
         return await self._run_handler(request, upgrade_requested, context)
+
+    def _take_request(self, head_end: int, context: _ErrorContext) -> tuple[IncomingRequest, bool]:
+        """Cut the head out of the buffer and build its request.
+
+        Not a coroutine on purpose: the raw head and its header list die here, instead of
+        staying in a suspended frame for as long as the request runs.
+        """
+        io = self._io
+        head = bytes(io.buffer[:head_end])
+        del io.buffer[:head_end]
+        method, target, version, raw_headers = _parse_head(head)
+        context.method = method
+        context.accept = _first_header(raw_headers, b"accept")
+        return self._build_request(method, target, version, raw_headers, context)
 
     def _build_request(
         self,
@@ -409,8 +428,9 @@ class _ClientConnection:
             expects_continue=request.expects_continue,
         )
         writer = ResponseWriter(self._io, request, body, upgrade_requested=upgrade_requested)
+        relay = None
         try:
-            await self._handler(request, body, writer)
+            relay = await self._handler(request, body, writer)
         except Exception as exc:
             # Errors from the body reader may arrive wrapped in a handler's nursery group.
             rejected = _first_leaf(exc, RequestRejected)
@@ -428,7 +448,11 @@ class _ClientConnection:
         finally:
             self._upgraded = writer.upgraded
         if writer.upgraded:
+            if relay is not None:
+                self._relay = (relay, request.request_id)
             return False
+        if relay is not None:
+            log.error("handler returned a relay without an upgrade request=%s", request.request_id)
         if not writer.started:
             log.error(
                 "handler returned no response request=%s host=%s", request.request_id, request.host

@@ -48,6 +48,7 @@ __all__ = [
     "IncomingRequest",
     "MisdirectedRequest",
     "PayloadTooLarge",
+    "Relay",
     "RequestBody",
     "RequestTimeout",
     "ResponseStateError",
@@ -378,5 +379,15 @@ _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[\t\x20-\x7e\x80-\xff]*
 _TRAILER = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*")
 
 
-Handler = Callable[[IncomingRequest, RequestBody, ResponseWriter], Awaitable[None]]
-"""``await handler(request, body, respond)``: answer one request through ``respond``."""
+Relay = Callable[[], Awaitable[None]]
+"""What carries an upgraded connection once its handler has returned (see ``Handler``)."""
+
+Handler = Callable[[IncomingRequest, RequestBody, ResponseWriter], Awaitable[Relay | None]]
+"""``await handler(request, body, respond)``: answer one request through ``respond``.
+
+A handler that answered with ``respond.upgrade()`` may return a ``Relay`` instead of relaying
+itself: the connection runs it after the handler's frames are gone, so an idle WebSocket,
+which may last days, keeps alive only what the relay holds (its two streams), not the request,
+its headers and every frame of the handler chain. The relay owns the upgraded stream: it runs
+only after a ``101``, and the connection closes when it returns.
+"""

@@ -208,7 +208,8 @@ class ResponseWriter:
         """Send ``101`` and hand over the raw connection; it is no longer HTTP afterwards.
 
         The returned stream first yields bytes the client sent after its request, then reads the
-        socket. It stays valid until the handler returns; the connection closes after that.
+        socket. It stays valid until the handler returns, or until the relay the handler
+        returned does (``edge.http_messages.Handler``); the connection closes after that.
         """
         if status != 101:
             raise ResponseStateError("upgrade() sends 101 Switching Protocols")
@@ -264,11 +265,22 @@ def _status_line(status: int) -> bytes:
 
 
 class UpgradedStream(trio.abc.Stream):
-    """The connection after ``101``: already-buffered bytes first, then the socket."""
+    """The connection after ``101``: already-buffered bytes first, then the socket.
+
+    An upgraded connection (a WebSocket) may idle for days and the edge may hold thousands, so
+    on a plain socket a read first parks in ``wait_readable``: a task waiting there holds about
+    half the memory of one waiting inside ``SocketStream.receive_some``. Skipped when the last
+    read filled ``max_bytes`` (more is likely waiting), and for TLS, which may hold decrypted
+    bytes the socket does not show.
+    """
+
+    __slots__ = ("_buffered", "_more_waiting", "_socket", "_stream")
 
     def __init__(self, stream: trio.abc.Stream, buffered: bytes) -> None:
         self._stream = stream
         self._buffered = buffered
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._more_waiting = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._buffered:
@@ -276,7 +288,15 @@ class UpgradedStream(trio.abc.Stream):
             chunk, self._buffered = self._buffered[:size], self._buffered[size:]
             await trio.lowlevel.checkpoint()
             return chunk
-        return bytes(await self._stream.receive_some(max_bytes))
+        sock = self._socket
+        if sock is not None and not self._more_waiting and sock.fileno() != -1:
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            except OSError:
+                pass  # an unusable descriptor: the read reports it, as SocketStream words it
+        data = bytes(await self._stream.receive_some(max_bytes))
+        self._more_waiting = max_bytes is not None and len(data) >= max_bytes
+        return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._stream.send_all(data)

@@ -22,13 +22,14 @@ from typing import Any, Protocol
 
 import trio
 
-from edge.http11 import IncomingRequest, RequestBody, ResponseWriter
+from edge.http11 import IncomingRequest, Relay, RequestBody, ResponseWriter
 from edge.metrics import EdgeMetrics
 from edge.routes import RouteTable
 from edge.tcp_access import is_tcp_request, is_tcp_stream, relay_tcp_over_websocket, tcp_head
 from edge.tunnels import TunnelRegistry
 from tunnel.errors import SessionClosed, SessionDraining, StreamLimitReached, StreamReset
 from tunnel.protocol import ErrorCode, Head
+from tunnel.protocol.frames import shared_name
 from tunnel.streams import TunnelStream
 
 log = logging.getLogger(__name__)
@@ -55,14 +56,20 @@ _RESET_ERROR_KINDS: dict[int, str] = {
 }
 
 
+Guard = Callable[[Callable[[], Awaitable[None]]], Awaitable[None]]
+"""``await guard(work)`` runs a long-lived relay, cancelling it once its Access grant ends."""
+
+
 class AccessGrant(Protocol):
     """What the Access layer lets through: the identity claims for the stream head, and a
-    guard that runs a long-lived relay only while the grant still holds."""
+    guard that runs a long-lived relay only while the grant still holds (None when nothing
+    can end the grant early)."""
 
     @property
     def identity(self) -> dict[str, object] | None: ...
 
-    async def guard(self, work: Callable[[], Awaitable[None]]) -> None: ...
+    @property
+    def guard(self) -> Guard | None: ...
 
 
 class RequestAuthorizer(Protocol):
@@ -85,7 +92,7 @@ class RemoteForward(Protocol):
         respond: ResponseWriter,
         tunnel_id: str,
         head: dict[str, object],
-        guard: Callable[[Callable[[], Awaitable[None]]], Awaitable[None]] | None,
+        guard: Guard | None,
     ) -> bool: ...
 
 
@@ -107,38 +114,47 @@ class Proxy:
 
     async def handle(
         self, request: IncomingRequest, body: RequestBody, respond: ResponseWriter
-    ) -> None:
+    ) -> Relay | None:
+        """Answer ``request`` through its tunnel; after a ``101``, the relay that carries the
+        WebSocket, for the connection to run once this frame is gone (http_messages.Handler)."""
         grant: AccessGrant | None = None
         if self._authorize is not None:
             grant = await self._authorize(request, body, respond)
             if grant is None:
-                return
+                return None
         route = self._routes().lookup(request.host)
         if route is None:
             await respond.error(404, "Unknown host", f"No application is served at {request.host}.",
                                 code="unknown_host")
-            return
+            return None
         identity = grant.identity if grant is not None else None
-        head: dict[str, object] = {
-            "kind": "http",
-            "method": request.method,
-            "target": request.target,
-            "host": request.host,
-            "scheme": request.scheme,
-            "headers": [[n.decode("latin-1"), v.decode("latin-1")] for n, v in request.headers],
-            "client": request.client_ip,
-            "identity": identity,
-        }
+        head: dict[str, object]
         if is_tcp_request(request):
             head = tcp_head(request, identity)
+        else:
+            head = {
+                "kind": "http",
+                "method": request.method,
+                "target": request.target,
+                "host": request.host,
+                "scheme": request.scheme,
+                # The head lives as long as its stream (a WebSocket: days): names are shared
+                # among heads, and a pair is a tuple, which costs less than a list.
+                "headers": [
+                    (shared_name(n.decode("latin-1")), v.decode("latin-1"))
+                    for n, v in request.headers
+                ],
+                "client": request.client_ip,
+                "identity": identity,
+            }
         # A request without a body opens its stream already ended: no DATA frame, no pump.
         bodiless = not request.has_body and not request.is_websocket_upgrade
         stream = await self._open(route.tunnel_id, head, end_stream=bodiless)
+        guard = grant.guard if grant is not None and request.is_websocket_upgrade else None
         if stream is None and self._forward is not None:
             # Another edge of the cluster may hold the tunnel (edge.cluster_forward).
-            guard = grant.guard if grant is not None and request.is_websocket_upgrade else None
             if await self._forward(request, body, respond, route.tunnel_id, head, guard):
-                return
+                return None
         if stream is None:
             self._metrics.error("tunnel_offline")
             await respond.error(
@@ -149,12 +165,13 @@ class Proxy:
                 code="tunnel_offline",
                 tunnel=route.tunnel_name,
             )
-            return
-        async with stream:
-            if grant is not None and request.is_websocket_upgrade:
-                await grant.guard(partial(self._exchange, request, body, respond, stream))
-            else:
-                await self._exchange(request, body, respond, stream)
+            return None
+        if guard is not None and is_tcp_stream(stream):
+            # Raw TCP is relayed inside the exchange (edge.tcp_access): guard all of it.
+            async with stream:
+                await guard(partial(self._exchange_tcp, request, body, respond, stream))
+            return None
+        return await self._exchange_owning(request, body, respond, stream, guard)
 
     async def serve_head(
         self,
@@ -174,8 +191,10 @@ class Proxy:
                                 "This edge no longer holds a connection of the tunnel.",
                                 code="tunnel_offline")
             return
-        async with stream:
-            await self._exchange(request, body, respond, stream)
+        # The internal listener's handler (edge.cluster_forward) hands no relay back: run it.
+        relay_upgraded = await self._exchange_owning(request, body, respond, stream, None)
+        if relay_upgraded is not None:
+            await relay_upgraded()
 
     async def _open(
         self, tunnel_id: str, head: dict[str, object], *, end_stream: bool = False
@@ -199,22 +218,56 @@ class Proxy:
             return stream
         return None
 
-    async def _exchange(
+    async def _exchange_owning(
+        self,
+        request: IncomingRequest,
+        body: RequestBody,
+        respond: ResponseWriter,
+        stream: TunnelStream,
+        guard: Guard | None,
+    ) -> Relay | None:
+        """The exchange on ``stream``, closed here unless a ``101`` hands it to the relay
+        returned (which closes it, under ``guard`` when there is one)."""
+        client: trio.abc.Stream | None = None
+        try:
+            client = await self._exchange(request, body, respond, stream)
+        except BaseException:
+            stream.reset(ErrorCode.CANCEL)
+            raise
+        finally:
+            if client is None:
+                await stream.aclose()
+        if client is None:
+            return None
+        return partial(relay, client, stream, guard)
+
+    async def _exchange_tcp(
         self,
         request: IncomingRequest,
         body: RequestBody,
         respond: ResponseWriter,
         stream: TunnelStream,
     ) -> None:
+        # Raw TCP never hands back a client stream: relay_tcp_over_websocket relays in place.
+        await self._exchange(request, body, respond, stream)
+
+    async def _exchange(
+        self,
+        request: IncomingRequest,
+        body: RequestBody,
+        respond: ResponseWriter,
+        stream: TunnelStream,
+    ) -> trio.abc.Stream | None:
+        """Forward the request and answer it; the client's stream when it was upgraded."""
         if not _needs_pump(request):
             # An upgrade request has no body (its stream stays open for the relay); a request
             # without a body went out with its head. Nothing runs beside the answer.
             response, failure = await self._response_head(request, respond, stream)
             if response is not None:
-                await self._relay_response(request, respond, stream, response)
-            elif failure is not None:
+                return await self._relay_response(request, respond, stream, response)
+            if failure is not None:
                 await failure()
-            return
+            return None
         # A failure page is sent after the nursery: once its scope is cancelled (to stop the
         # request pump) nothing more can be awaited inside it.
         async with trio.open_nursery() as nursery:
@@ -225,6 +278,7 @@ class Proxy:
             nursery.cancel_scope.cancel()
         if failure is not None:
             await failure()
+        return None  # a request with a body is no upgrade: nothing was handed over
 
     async def _response_head(
         self, request: IncomingRequest, respond: ResponseWriter, stream: TunnelStream
@@ -252,19 +306,16 @@ class Proxy:
         respond: ResponseWriter,
         stream: TunnelStream,
         response: Head,
-    ) -> None:
+    ) -> trio.abc.Stream | None:
+        """Send the origin's answer; after a ``101``, the upgraded client stream to relay."""
         status = int(response.get("status", 502))
         if status == 200 and request.is_websocket_upgrade and is_tcp_stream(stream):
             await relay_tcp_over_websocket(request, respond, stream)
-            return
+            return None
         raw_headers = response.get("headers") or []
         assert isinstance(raw_headers, list)
         if status == 101 and request.is_websocket_upgrade:
-            # The header list is built inside the call: this frame stays alive for as long as
-            # the WebSocket does, and must not keep a copy of the headers that long.
-            client = await respond.upgrade(101, _encoded_headers(raw_headers))
-            await relay(client, stream)
-            return
+            return await respond.upgrade(101, _encoded_headers(raw_headers))
         headers = _encoded_headers(raw_headers, skip=HOP_BY_HOP_RESPONSE)
         # Whatever of the body already arrived goes out with the head; a small response that
         # arrived whole (the usual case) is answered in one write.
@@ -273,7 +324,7 @@ class Proxy:
             self._metrics.bytes_sent.inc(len(first))
         if stream.remote_finished:
             await respond.start(status, headers, body=first, end=True)
-            return
+            return None
         await respond.start(status, headers, body=first)
         try:
             while True:
@@ -288,6 +339,7 @@ class Proxy:
             log.info("response body aborted host=%s stream=%s", request.host, stream.stream_id)
             raise
         await respond.end()
+        return None
 
     async def _pump_request(self, body: RequestBody, stream: TunnelStream) -> None:
         try:
@@ -348,16 +400,23 @@ async def _refused_unprocessed(stream: TunnelStream) -> bool:
     return False
 
 
-async def relay(client: trio.abc.Stream, stream: TunnelStream) -> None:
-    """Copy raw bytes both ways (WebSocket after 101, raw TCP) until both directions end.
+async def relay(client: trio.abc.Stream, stream: TunnelStream, guard: Guard | None = None) -> None:
+    """Copy raw bytes both ways (a WebSocket after 101) until both directions end, under
+    ``guard`` when the Access grant has one; then close both streams.
 
     An idle WebSocket may stay open for days and the edge may hold thousands, so a relay holds
-    little: the calling task copies the tunnel's bytes itself and only the other direction gets
-    a task, and the copies are plain functions, not closures.
+    little: it runs once the handler chain is gone (edge.http_messages.Handler), the calling
+    task copies the tunnel's bytes itself and only the other direction gets a task, and the
+    copies are plain functions, not closures.
     """
-    async with client, trio.open_nursery() as nursery:
-        nursery.start_soon(_client_to_tunnel, client, stream, nursery.cancel_scope)
-        await _tunnel_to_client(stream, client, nursery.cancel_scope)
+    async with stream, client, trio.open_nursery() as nursery:
+        cancel_all = nursery.cancel_scope
+        nursery.start_soon(_client_to_tunnel, client, stream, cancel_all)
+        if guard is None:
+            await _tunnel_to_client(stream, client, cancel_all)
+        else:
+            await guard(partial(_tunnel_to_client, stream, client, cancel_all))
+            cancel_all.cancel()  # the grant ended, or the copy did
 
 
 async def _client_to_tunnel(

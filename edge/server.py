@@ -27,8 +27,7 @@ import json
 import logging
 import os
 import ssl
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -43,6 +42,7 @@ from edge.config import EdgeConfig
 from edge.http11 import (
     HttpLimits,
     IncomingRequest,
+    Relay,
     RequestBody,
     ResponseWriter,
     serve_http_connection,
@@ -105,24 +105,26 @@ class EdgeRuntime:
 
 
 class InFlightRequests:
-    """Counts requests being handled, so a drain knows when the last one has finished."""
+    """Counts requests being handled, so a drain knows when the last one has finished.
+
+    An upgraded request stays counted until its relay ends, though the relay runs after the
+    handler returned: the handler hands its place over without leaving (``handle_public``).
+    """
 
     def __init__(self) -> None:
         self.count = 0
         self._idle = trio.Event()
         self._idle.set()
 
-    @contextmanager
-    def track(self) -> Iterator[None]:
+    def enter(self) -> None:
         if self.count == 0:
             self._idle = trio.Event()
         self.count += 1
-        try:
-            yield
-        finally:
-            self.count -= 1
-            if self.count == 0:
-                self._idle.set()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
@@ -303,12 +305,26 @@ async def _serve(
 
     async def handle_public(
         request: IncomingRequest, body: RequestBody, respond: ResponseWriter
-    ) -> None:
-        with in_flight.track():
-            try:
-                await proxy.handle(request, body, respond)
-            finally:
+    ) -> Relay | None:
+        in_flight.enter()
+        relay: Relay | None = None
+        try:
+            relay = await proxy.handle(request, body, respond)
+        finally:
+            if relay is None:
+                in_flight.leave()
                 metrics.request_finished(respond.status)
+        if relay is None:
+            return None
+        # The WebSocket is still in flight, and answered only once its relay ends.
+        return partial(counted_relay, relay, respond.status)
+
+    async def counted_relay(relay: Relay, status: int) -> None:
+        try:
+            await relay()
+        finally:
+            in_flight.leave()
+            metrics.request_finished(status)
 
     async def serve_tunnel(stream: trio.abc.Stream) -> None:
         await endpoint.serve(stream, _peer_ip(stream))

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from urllib.parse import urlsplit
 
 import trio
@@ -72,27 +73,33 @@ class AccessGrant:
     still_valid: Callable[[], bool] | None = None
     runtime: AccessRuntime | None = None
 
-    async def guard(self, work: Callable[[], Awaitable[None]]) -> None:
-        """Run ``work`` (a relay), cancelling it as soon as the grant no longer holds."""
+    @property
+    def guard(self) -> Callable[[Callable[[], Awaitable[None]]], Awaitable[None]] | None:
+        """``await guard(work)`` runs ``work`` (a relay), cancelling it as soon as the grant no
+        longer holds; None when nothing rechecks the grant. It holds the recheck only, not the
+        grant: a relay keeps its guard for as long as a WebSocket lasts."""
         if self.still_valid is None or self.runtime is None:
+            return None
+        return partial(_guard, self.runtime, self.still_valid)
+
+
+async def _guard(
+    runtime: AccessRuntime, still_valid: Callable[[], bool], work: Callable[[], Awaitable[None]]
+) -> None:
+    async with trio.open_nursery() as nursery:
+
+        async def run_work() -> None:
             await work()
-            return
-        runtime, still_valid = self.runtime, self.still_valid
+            nursery.cancel_scope.cancel()
 
-        async with trio.open_nursery() as nursery:
-
-            async def run_work() -> None:
-                await work()
+        nursery.start_soon(run_work)
+        while True:
+            with trio.move_on_after(runtime.settings.recheck_interval):
+                await runtime.changed().wait()
+            if not still_valid():
+                log.info("closing a stream whose access grant ended")
                 nursery.cancel_scope.cancel()
-
-            nursery.start_soon(run_work)
-            while True:
-                with trio.move_on_after(runtime.settings.recheck_interval):
-                    await runtime.changed().wait()
-                if not still_valid():
-                    log.info("closing a stream whose access grant ended")
-                    nursery.cancel_scope.cancel()
-                    return
+                return
 
 
 OPEN_GRANT = AccessGrant()

@@ -155,6 +155,26 @@ def encode_json(value: dict[str, Any], *, compact: bool = False) -> bytes:
         ) from None
 
 
+# A head lives as long as its stream (an idle WebSocket: days), and thousands of heads repeat
+# the same keys and header names. Equal names are shared through this table instead of each
+# head holding its own copies. Not sys.intern: interned strings are immortal on some CPython
+# builds, and a peer inventing names could then grow memory without bound; this table stops
+# taking new names once full (names seen first, the common ones, stay shared).
+MAX_SHARED_NAMES = 4096
+MAX_SHARED_NAME_LENGTH = 64
+_shared_names: dict[str, str] = {}
+
+
+def shared_name(name: str) -> str:
+    """The table's copy of ``name`` (added while there is room), else ``name`` itself."""
+    known = _shared_names.get(name)
+    if known is not None:
+        return known
+    if len(_shared_names) < MAX_SHARED_NAMES and len(name) <= MAX_SHARED_NAME_LENGTH:
+        _shared_names[name] = name
+    return name
+
+
 def decode_json_object(payload: bytes, what: str) -> dict[str, Any]:
     try:
         value = json.loads(payload.decode("utf-8"))
@@ -162,6 +182,12 @@ def decode_json_object(payload: bytes, what: str) -> dict[str, Any]:
         raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"{what} is not valid JSON") from None
     if not isinstance(value, dict):
         raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"{what} is not a JSON object")
+    value = {shared_name(key): item for key, item in value.items()}
+    headers = value.get("headers")
+    if type(headers) is list:
+        for header in headers:
+            if type(header) is list and header and type(header[0]) is str:
+                header[0] = shared_name(header[0])
     return value
 
 
