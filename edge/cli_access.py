@@ -524,10 +524,14 @@ def _event_line(event: Mapping[str, Any]) -> str:
     if event["kind"] == "access.decision":
         who = detail.get("email") or f"token:{detail.get('service_token')}"
         policy_name = detail.get("policy") or "-"
-        return (
+        line = (
             f"{event['time']}  {detail['app']}  {who}  {detail['client_ip']}  "
             f"{detail['action']}  {policy_name}  {detail['reason']}"
         )
+        if detail.get("count"):
+            # Identical decisions counted into one entry (edge.access.audit).
+            line += f"  x{detail['count']} until {detail.get('last_time')}"
+        return line
     about = event["app"] or event["subject"] or ""
     return f"{event['time']}  {event['kind']}  {about}  {json.dumps(detail, sort_keys=True)}"
 

@@ -1,14 +1,23 @@
 """The audit trail: every access decision, in the store and as a JSON log line.
 
-The request path only queues a :class:`PendingDecision` of plain values; a background task
-formats the ``tunnelgate.audit`` log lines and writes the store in batches (one transaction
-each), so neither log formatting nor SQLite is ever on a request's way. After the first
-decision of a batch it waits a short interval (``flush_interval``, 50 ms) for more: a hop to
-the store's thread costs about as much as the rows it writes, and under load one batch per
-interval instead of one per scheduling round took the audit's share of the edge's CPU from
-about a third to a few percent. The queue is bounded:
-when the store falls behind, new decisions are dropped and counted, and a warning says how
-many, rather than letting memory grow or requests wait.
+The request path only counts a :class:`PendingDecision` of plain values into a table; a
+background task formats the ``tunnelgate.audit`` log lines and writes the store in batches (one
+transaction each), so neither log formatting nor SQLite is ever on a request's way.
+
+Identical decisions are counted, not repeated. Decisions that agree on everything but their
+time and request id (app, person or service token, client address, action, policy, reason,
+host and path) within one flush interval (``flush_interval``, 250 ms) become one entry with
+``count`` and ``last_time``, and one log line that names the first request's id. A browser
+fetching one page decides a few dozen times a second, a load test thousands of times: one
+row and one line per decision was most of the edge's CPU for an authenticated request (the
+store's thread, the log handler's write per line), and nothing an auditor reads is lost: who,
+from where, what, why, when and how often. Decisions that differ in any of those keep their
+own entries.
+
+The table is bounded (``queue_size`` distinct entries per interval): when the store falls
+behind, new kinds of decision are dropped and counted, and a warning says how many, rather
+than letting memory grow or requests wait. Repeats of an entry already in the table are
+always counted.
 """
 
 from __future__ import annotations
@@ -28,9 +37,11 @@ __all__ = ["AuditTrail", "PendingDecision"]
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("tunnelgate.audit")
 
+DEFAULT_FLUSH_INTERVAL = 0.25
+
 
 class PendingDecision(NamedTuple):
-    """A decision as the request path queues it: plain values, no formatting yet."""
+    """A decision as the request path hands it over: plain values, no formatting yet."""
 
     time: float
     app: str
@@ -42,7 +53,7 @@ class PendingDecision(NamedTuple):
     service_token: str | None
     context: dict[str, str]
 
-    def record(self) -> DecisionRecord:
+    def record(self, count: int = 1, last_time: float | None = None) -> DecisionRecord:
         return DecisionRecord(
             time=datetime.fromtimestamp(self.time, tz=UTC),
             app=self.app,
@@ -52,58 +63,105 @@ class PendingDecision(NamedTuple):
             policy=self.policy,
             email=self.email,
             service_token=self.service_token,
+            count=count,
+            last_time=(
+                datetime.fromtimestamp(last_time, tz=UTC) if last_time is not None else None
+            ),
         )
+
+
+class _Entry:
+    """The first of a run of identical decisions, how many there were, and the last one's time."""
+
+    __slots__ = ("count", "first", "last_time")
+
+    def __init__(self, first: PendingDecision) -> None:
+        self.first = first
+        self.count = 1
+        self.last_time = first.time
+
+
+_DecisionKey = tuple[str, str, str, str, str | None, str | None, str | None, str | None,
+                     str | None]
+
+
+def _key(decision: PendingDecision) -> _DecisionKey:
+    context = decision.context
+    return (decision.app, decision.client_ip, decision.action, decision.reason,
+            decision.policy, decision.email, decision.service_token, context.get("host"),
+            context.get("path"))
 
 
 class AuditTrail:
     """Every access decision, to the store and as a JSON line on ``tunnelgate.audit``.
 
-    The request path only queues; the background task formats the log lines and writes the
-    store in batches, so neither log formatting nor SQLite is ever on a request's way.
+    The request path only counts; the background task (``run``) formats the log lines and
+    writes the store once per interval, so neither is ever on a request's way.
     """
 
     def __init__(self, store: Store, *, queue_size: int) -> None:
+        if queue_size < 1:
+            raise ValueError("AuditTrail queue_size must be positive")
         self._store = store
-        self._send, self._receive = trio.open_memory_channel[PendingDecision](queue_size)
-        self._unwritten = 0
+        self._capacity = queue_size
+        self._pending: dict[_DecisionKey, _Entry] = {}
+        self._wake = trio.Event()
         self._drained = trio.Event()
         self._drained.set()
+        self._writing = False
         self.dropped = 0
 
     def record(self, decision: PendingDecision) -> None:
-        """Queue one decision; never waits."""
-        try:
-            self._send.send_nowait(decision)
-        except trio.WouldBlock:
+        """Count one decision in; never waits."""
+        key = _key(decision)
+        entry = self._pending.get(key)
+        if entry is not None:
+            entry.count += 1
+            entry.last_time = decision.time
+            return
+        if len(self._pending) >= self._capacity:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning("audit queue full; %d decisions not recorded", self.dropped)
             return
-        if self._unwritten == 0:
-            self._drained = trio.Event()
-        self._unwritten += 1
+        if not self._pending:
+            self._wake.set()
+            if self._drained.is_set():
+                self._drained = trio.Event()
+        self._pending[key] = _Entry(decision)
 
-    async def run(self, *, batch_size: int = 2000, flush_interval: float = 0.05) -> NoReturn:
+    async def run(
+        self, *, batch_size: int = 2000, flush_interval: float = DEFAULT_FLUSH_INTERVAL
+    ) -> NoReturn:
         while True:
-            batch = [await self._receive.receive()]
+            await self._wake.wait()
             await trio.sleep(flush_interval)
-            while len(batch) < batch_size:
-                try:
-                    batch.append(self._receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            records = [pending.record() for pending in batch]
-            if audit_log.isEnabledFor(logging.INFO):
-                for record, pending in zip(records, batch, strict=True):
-                    line = {**record.detail(), "time": record.time.isoformat(), **pending.context}
-                    audit_log.info("%s", json.dumps(line, separators=(",", ":")))
+            entries = list(self._pending.values())
+            self._pending = {}
+            self._wake = trio.Event()
+            self._writing = True
             try:
-                await trio.to_thread.run_sync(self._store.record_decisions, records)
-            except Exception:
-                log.exception("could not store %d audit decisions", len(batch))
-            self._unwritten -= len(batch)
-            if self._unwritten == 0:
+                for start in range(0, len(entries), batch_size):
+                    await self._write(entries[start : start + batch_size])
+            finally:
+                self._writing = False
+            if not self._pending:
                 self._drained.set()
+
+    async def _write(self, entries: list[_Entry]) -> None:
+        records = [
+            entry.first.record(entry.count, entry.last_time if entry.count > 1 else None)
+            for entry in entries
+        ]
+        if audit_log.isEnabledFor(logging.INFO):
+            for record, entry in zip(records, entries, strict=True):
+                line = {**record.detail(), "time": record.time.isoformat(),
+                        **entry.first.context}
+                audit_log.info("%s", json.dumps(line, separators=(",", ":")))
+        try:
+            await trio.to_thread.run_sync(self._store.record_decisions, records)
+        except Exception:
+            log.exception("could not store %d audit decisions", len(records))
 
     async def drained(self) -> None:
         """Until every decision recorded so far has been logged and written (or failed to)."""

@@ -541,7 +541,12 @@ class Revocation:
 
 @dataclass(frozen=True)
 class DecisionRecord:
-    """One access decision for the audit log; ``email`` or ``service_token`` says who asked."""
+    """One access decision for the audit log; ``email`` or ``service_token`` says who asked.
+
+    ``count`` identical decisions (same app, person, client, action, policy, reason, host and
+    path) made between ``time`` and ``last_time`` share one entry (``edge.access.audit``);
+    the detail carries ``count`` and ``last_time`` only for such a shared entry.
+    """
 
     time: datetime
     app: str
@@ -551,9 +556,11 @@ class DecisionRecord:
     policy: str | None = None
     email: str | None = None
     service_token: str | None = None
+    count: int = 1
+    last_time: datetime | None = None
 
     def detail(self) -> dict[str, object]:
-        return {
+        detail: dict[str, object] = {
             "app": self.app,
             "email": self.email,
             "service_token": self.service_token,
@@ -562,3 +569,7 @@ class DecisionRecord:
             "policy": self.policy,
             "reason": self.reason,
         }
+        if self.count > 1:
+            detail["count"] = self.count
+            detail["last_time"] = (self.last_time or self.time).isoformat()
+        return detail

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from click.testing import CliRunner, Result
 
 from edge.admin import AdminApi, serve_admin
 from edge.cli import main
+from edge.store.access_records import DecisionRecord
 from edge.store.sqlite import SqliteStore
 
 INTERFACE_TOML = """\
@@ -389,6 +391,24 @@ async def test_service_tokens_sessions_keys_and_audit(cli: Cli, store: SqliteSto
     assert len(limited.stdout.splitlines()) == 1
     assert "sessions.revoked" in limited.stdout
     assert (await cli("audit", "--app", "nothing")).stdout.strip() == "No audit entries match."
+
+
+async def test_audit_shows_how_often_a_counted_decision_was_made(
+    cli: Cli, store: SqliteStore
+) -> None:
+    assert (await cli("idp", "add", "pin", "--type", "otp", "--delivery", "log")).exit_code == 0
+    assert (await cli("app", "create", "wiki", "--domain", "wiki.example.com")).exit_code == 0
+    when = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    store.record_decisions([
+        DecisionRecord(when, "wiki", "203.0.113.9", "allow", "allowed_by_policy",
+                       policy="staff", email="alice@example.com", count=42,
+                       last_time=when + timedelta(milliseconds=240)),
+        DecisionRecord(when, "wiki", "203.0.113.9", "deny", "no_policy_matched",
+                       email="bob@example.com"),
+    ])
+    lines = (await cli("audit", "--app", "wiki")).stdout.splitlines()
+    assert lines[0].endswith("deny  -  no_policy_matched")
+    assert lines[1].endswith("allow  staff  allowed_by_policy  x42 until 2030-01-02T03:04:05.240000+00:00")
 
 
 async def test_api_options_work_on_groups_commands_and_the_environment(
