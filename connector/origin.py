@@ -48,6 +48,7 @@ from connector.ingress import (
     TcpService,
 )
 from connector.origin_pool import (
+    BODY_CHUNK,
     InvalidRequest,
     OriginConnection,
     OriginPool,
@@ -409,7 +410,7 @@ async def _pump_request_body(stream: TunnelStreamLike, conn: OriginConnection,
         chunk: bytes | bytearray = first_chunk
         while True:
             if not chunk:
-                chunk = await stream.receive_some(CHUNK)
+                chunk = await stream.receive_some(BODY_CHUNK)
                 if not chunk:
                     break
             if left is None:

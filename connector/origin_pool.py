@@ -49,6 +49,8 @@ __all__ = [
 ]
 
 CHUNK = 65536
+BODY_CHUNK = 256 * 1024
+"""Reads of a response body with a known length: large, and handed on without the buffer."""
 MAX_RESPONSE_HEAD = 64 * 1024
 MAX_CHUNK_LINE = 4096
 _ORIGIN_IO_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -312,8 +314,10 @@ class OriginConnection:
             return b""
         return None
 
-    async def read_body(self) -> bytes:
+    async def read_body(self) -> bytes | bytearray:
         """The next piece of the response body; ``b""`` once it is complete."""
+        if self._framing == _LENGTH and self._body_left and not self.buffer and not self.eof:
+            return await self._read_body_direct()
         while True:
             data = self.read_body_nowait()
             if data is not None:
@@ -323,6 +327,22 @@ class OriginConnection:
             if self.eof and self._framing != _UNTIL_CLOSE:
                 raise self._broken("origin closed the connection mid-exchange")
             await self._fill()
+
+    async def _read_body_direct(self) -> bytes | bytearray:
+        """The next read of a length-framed body, which is all body: no copy into the buffer."""
+        try:
+            data = await self.stream.receive_some(min(self._body_left, BODY_CHUNK))
+        except _ORIGIN_IO_ERRORS as exc:
+            self.reusable = False
+            raise OriginUnreachable(f"origin connection broke: {exc}") from exc
+        if not data:
+            self.eof = True
+            raise self._broken("origin closed the connection mid-exchange")
+        self.received_any = True
+        self._body_left -= len(data)
+        if not self._body_left:
+            self.response_done = True
+        return data
 
     def _read_chunked(self) -> bytes | None:
         buffer = self.buffer

@@ -187,9 +187,9 @@ class ClientIO:
         """The connection is about to close: write only through the stream from now on."""
         self._fd = None
 
-    async def receive(self) -> bytes:
+    async def receive(self, max_bytes: int = READ_SIZE) -> bytes:
         try:
-            data = await self.stream.receive_some(READ_SIZE)
+            data = await self.stream.receive_some(max_bytes)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ClientDisconnected("client connection broke") from exc
         if not data:
@@ -270,7 +270,7 @@ class RequestBody:
         if not self._pending:
             self._receiving = True
             try:
-                self._pending = await self._next_data()
+                self._pending = await self._next_data(max_bytes)
             except (RequestRejected, ClientDisconnected) as exc:
                 self._failure = exc
                 raise
@@ -279,7 +279,7 @@ class RequestBody:
         chunk, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
         return chunk
 
-    async def _next_data(self) -> bytes:
+    async def _next_data(self, max_bytes: int) -> bytes:
         if self.complete:
             return b""
         io = self._io
@@ -300,10 +300,22 @@ class RequestBody:
                 return data
             if io.eof:
                 raise ClientDisconnected("client closed the connection mid-body")
+            # A body with a length is read in the pieces the handler asks for (the proxy asks
+            # for 256 KiB: a quarter of the per-piece work of 64 KiB reads), and a piece that
+            # is all body is handed on as it came, without a trip through the buffer.
+            direct = not self._chunked and not io.buffer
+            size = min(self._left, max(max_bytes, READ_SIZE)) if direct else READ_SIZE
             with trio.move_on_after(limits.body_timeout) as scope:
-                more = await io.receive()
+                more = await io.receive(size)
             if scope.cancelled_caught:
                 raise RequestTimeout("the request body stalled")
+            if direct and more:
+                self._left -= len(more)
+                self.complete = not self._left
+                self._received += len(more)
+                if limits.max_body_bytes is not None and self._received > limits.max_body_bytes:
+                    raise PayloadTooLarge("the request body is larger than allowed")
+                return more
             io.buffer += more
 
     def _decode(self) -> bytes | None:

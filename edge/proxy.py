@@ -47,6 +47,8 @@ HOP_BY_HOP_RESPONSE = frozenset(
     }
 )
 RELAY_CHUNK = 65536
+BODY_CHUNK = 256 * 1024
+"""Pieces of a request or response body: large, so a bulk transfer pays per piece rarely."""
 _RELAY_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, StreamReset, SessionClosed)
 _RESET_ERROR_KINDS: dict[int, str] = {
     ErrorCode.ORIGIN_TIMEOUT: "origin_timeout",
@@ -319,7 +321,7 @@ class Proxy:
         headers = _encoded_headers(raw_headers, skip=HOP_BY_HOP_RESPONSE)
         # Whatever of the body already arrived goes out with the head; a small response that
         # arrived whole (the usual case) is answered in one write.
-        first = stream.take_buffered(RELAY_CHUNK)
+        first = stream.take_buffered(BODY_CHUNK)
         if first:
             self._metrics.bytes_sent.inc(len(first))
         if stream.remote_finished:
@@ -328,7 +330,7 @@ class Proxy:
         await respond.start(status, headers, body=first)
         try:
             while True:
-                chunk = await stream.receive_some(RELAY_CHUNK)
+                chunk = await stream.receive_some(BODY_CHUNK)
                 if not chunk:
                     break
                 await respond.send(chunk)
@@ -344,7 +346,7 @@ class Proxy:
     async def _pump_request(self, body: RequestBody, stream: TunnelStream) -> None:
         try:
             while True:
-                chunk = await body.receive_some(RELAY_CHUNK)
+                chunk = await body.receive_some(BODY_CHUNK)
                 if not chunk:
                     break
                 self._metrics.bytes_received.inc(len(chunk))

@@ -8,7 +8,12 @@ import trio
 import trio.testing
 
 from connector.errors import OriginUnreachable
-from connector.origin_pool import InvalidRequest, OriginConnection, encode_request_head
+from connector.origin_pool import (
+    BODY_CHUNK,
+    InvalidRequest,
+    OriginConnection,
+    encode_request_head,
+)
 
 
 def connection_with_answer(answer: bytes, *, piece: int = 7) -> OriginConnection:
@@ -168,3 +173,53 @@ async def test_response_header_values_lose_their_surrounding_blanks_only() -> No
     assert values[b"x-tight"] == b"v"
     assert values[b"x-tab"] == b"in\tside"
     assert values[b"set-cookie"] == cookie
+
+
+def connection_with_pieces(pieces: list[bytes]) -> tuple[OriginConnection, list[int]]:
+    """An origin connection whose origin sends exactly these pieces, then EOF; and the
+    ``max_bytes`` of every read the connection made."""
+    incoming = trio.testing.MemoryReceiveStream()
+    asked: list[int] = []
+    left = list(pieces)
+
+    async def next_piece() -> None:
+        if left:
+            incoming.put_data(left.pop(0))
+        else:
+            incoming.put_eof()
+
+    incoming.receive_some_hook = next_piece
+    real_receive = incoming.receive_some
+
+    async def receive_some(max_bytes: int | None = None) -> bytes | bytearray:
+        asked.append(max_bytes or 0)
+        return await real_receive(max_bytes)
+
+    incoming.receive_some = receive_some  # type: ignore[method-assign]
+    stream = trio.StapledStream(trio.testing.MemorySendStream(), incoming)
+    return OriginConnection(stream), asked
+
+
+async def test_a_long_body_is_read_in_large_pieces_and_never_past_its_end() -> None:
+    body = bytes(range(256)) * 2500  # 640,000 bytes
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+    after = b"HTTP/1.1 204 No Content\r\n\r\n"
+    conn, asked = connection_with_pieces([head, body[:300_000], body[300_000:] + after])
+    status, _headers, received = await read_all(conn)
+    assert (status, received) == (200, body)
+    # Reads of the body ask for up to BODY_CHUNK, and never for more than the body has left.
+    assert asked[1:] == [BODY_CHUNK, BODY_CHUNK, len(body) - 2 * BODY_CHUNK]
+    assert conn.reusable
+    conn.start_exchange()
+    assert (await conn.read_head()).status == 204
+
+
+async def test_an_origin_that_closes_inside_a_long_body_is_unreachable() -> None:
+    conn, _asked = connection_with_pieces(
+        [b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n", b"x" * 1000]
+    )
+    await conn.read_head()
+    assert await conn.read_body() == b"x" * 1000
+    with pytest.raises(OriginUnreachable, match="mid-exchange"):
+        await conn.read_body()
+    assert not conn.reusable

@@ -26,6 +26,7 @@ from .wire import (
     parse_responses,
     read_to_eof,
     read_until,
+    request,
     run_raw,
 )
 
@@ -298,3 +299,24 @@ async def test_a_body_error_repeats_on_later_reads() -> None:
     data = await run_raw(raw, stubborn, limits=HttpLimits(max_body_bytes=8))
     assert errors == ["413", "413"]
     assert [r.status for r in parse_responses(data)] == [413]
+
+
+async def test_a_body_read_in_large_pieces_stops_at_its_length_before_a_pipelined_request() -> None:
+    body = bytes(range(256)) * 2800  # 716,800 bytes
+    pieces: list[int] = []
+    received: list[bytes] = []
+
+    async def handler(request: IncomingRequest, body: RequestBody, respond: ResponseWriter) -> None:
+        data = b""
+        while chunk := await body.receive_some(256 * 1024):
+            pieces.append(len(chunk))
+            data += chunk
+        received.append(data)
+        await respond.start(204, [])
+        await respond.end()
+
+    raw = request("/up", method="PUT", body=body) + request("/next")
+    responses = parse_responses(await run_raw(raw, handler))
+    assert [r.status for r in responses] == [204, 204]
+    assert received == [body, b""]
+    assert max(pieces) == 256 * 1024  # the handler's piece size, not the head's read size
