@@ -19,16 +19,33 @@ from connector.origin_pool import (
 def connection_with_answer(answer: bytes, *, piece: int = 7) -> OriginConnection:
     """An origin connection whose origin sends ``answer`` in ``piece``-byte reads, then EOF."""
     pieces = [answer[offset : offset + piece] for offset in range(0, len(answer), piece)]
+    return connection_with_pieces(pieces)[0]
+
+
+def connection_with_pieces(pieces: list[bytes]) -> tuple[OriginConnection, list[int]]:
+    """An origin connection whose origin sends exactly these pieces, then EOF; and the
+    ``max_bytes`` of every read the connection made."""
     incoming = trio.testing.MemoryReceiveStream()
+    asked: list[int] = []
+    left = list(pieces)
 
     async def next_piece() -> None:
-        if pieces:
-            incoming.put_data(pieces.pop(0))
+        if left:
+            incoming.put_data(left.pop(0))
         else:
             incoming.put_eof()
 
     incoming.receive_some_hook = next_piece
-    return OriginConnection(trio.StapledStream(trio.testing.MemorySendStream(), incoming))
+    real_receive = incoming.receive_some
+
+    async def receive_some(max_bytes: int | None = None) -> bytes | bytearray:
+        asked.append(max_bytes or 0)
+        return await real_receive(max_bytes)
+
+    incoming.receive_some = receive_some  # type: ignore[method-assign]
+    stream = trio.StapledStream(trio.testing.MemorySendStream(), incoming)
+    return OriginConnection(stream), asked
+
 
 
 async def read_all(conn: OriginConnection) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -173,31 +190,6 @@ async def test_response_header_values_lose_their_surrounding_blanks_only() -> No
     assert values[b"x-tight"] == b"v"
     assert values[b"x-tab"] == b"in\tside"
     assert values[b"set-cookie"] == cookie
-
-
-def connection_with_pieces(pieces: list[bytes]) -> tuple[OriginConnection, list[int]]:
-    """An origin connection whose origin sends exactly these pieces, then EOF; and the
-    ``max_bytes`` of every read the connection made."""
-    incoming = trio.testing.MemoryReceiveStream()
-    asked: list[int] = []
-    left = list(pieces)
-
-    async def next_piece() -> None:
-        if left:
-            incoming.put_data(left.pop(0))
-        else:
-            incoming.put_eof()
-
-    incoming.receive_some_hook = next_piece
-    real_receive = incoming.receive_some
-
-    async def receive_some(max_bytes: int | None = None) -> bytes | bytearray:
-        asked.append(max_bytes or 0)
-        return await real_receive(max_bytes)
-
-    incoming.receive_some = receive_some  # type: ignore[method-assign]
-    stream = trio.StapledStream(trio.testing.MemorySendStream(), incoming)
-    return OriginConnection(stream), asked
 
 
 async def test_a_long_body_is_read_in_large_pieces_and_never_past_its_end() -> None:
