@@ -22,18 +22,16 @@ ops listener answered its own /healthz (or, without one, the event loop turned).
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
-import os
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
 import trio
 
+from edge.accepting import serve_listener
 from edge.access.gate import AccessGate
 from edge.access.runtime import AccessRuntime, settings_from_config
 from edge.admin import AdminApi, ChangeEvent, ChangeKind, serve_admin
@@ -291,7 +289,7 @@ async def _serve(
                 await stream.aclose()
                 return
             server_name = _sni(stream)
-        # serve_http_connection closes the stream; _serve_listener makes sure of it.
+        # serve_http_connection closes the stream; serve_listener makes sure of it.
         await serve_http_connection(
             stream,
             handle_public,
@@ -378,17 +376,17 @@ async def _serve(
                 # accept loops (closing those sockets) while accepted connections carry on.
                 async with trio.open_nursery() as connections:
                     if "ops" in bound:
-                        connections.start_soon(_serve_listener, bound["ops"], serve_ops)
+                        connections.start_soon(serve_listener, bound["ops"], serve_ops)
                     with accept_scope:
                         async with trio.open_nursery() as accepting:
                             if "public" in bound:
                                 accepting.start_soon(
-                                    _serve_listener, bound["public"],
+                                    serve_listener, bound["public"],
                                     partial(serve_public, scheme="http"), connections,
                                 )
                             if "public_tls" in bound and tls_context is not None:
                                 accepting.start_soon(
-                                    _serve_listener,
+                                    serve_listener,
                                     trio.SSLListener(
                                         bound["public_tls"], tls_context, https_compatible=True
                                     ),
@@ -396,13 +394,13 @@ async def _serve(
                                     connections,
                                 )
                             accepting.start_soon(
-                                _serve_listener, bound["tunnel"], serve_tunnel, connections
+                                serve_listener, bound["tunnel"], serve_tunnel, connections
                             )
                             if "admin" in bound:
                                 accepting.start_soon(serve_admin, bound["admin"], admin)
                             if "internal" in bound and node is not None:
                                 accepting.start_soon(
-                                    _serve_listener, bound["internal"],
+                                    serve_listener, bound["internal"],
                                     partial(node.serve_internal, proxy=proxy, limits=limits),
                                     connections,
                                 )
@@ -430,52 +428,6 @@ def _sni(stream: trio.SSLStream[trio.abc.Stream]) -> str | None:
     obj = getattr(stream, "_ssl_object", None)
     name = getattr(obj, "server_hostname", None) if obj is not None else None
     return str(name) if name else None
-
-
-ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-ACCEPT_RETRY_SECONDS = 0.1
-
-
-async def _serve_listener(
-    listener: trio.abc.Listener[Any],
-    handler: Callable[[Any], Awaitable[None]],
-    handler_nursery: trio.Nursery | None = None,
-) -> None:
-    """Accept forever, one task per connection, each connection closed exactly once.
-
-    Like ``trio.serve_listeners``, except for the close: that one ends every connection with
-    ``aclose_forcefully`` (a cancel scope and a checkpoint) on top of the handler's own close,
-    which cost about a tenth of the edge's CPU with ``Connection: close``. A plain socket is
-    closed here without waiting; a TLS stream goes through ``aclose_forcefully``, as it may
-    have a close_notify to send.
-    """
-
-    async def guarded(stream: Any) -> None:
-        try:
-            await handler(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        except Exception:
-            log.exception("connection handler failed")
-        finally:
-            if isinstance(stream, trio.SocketStream):
-                stream.socket.close()
-            else:
-                await trio.aclose_forcefully(stream)
-
-    async with trio.open_nursery() as own_nursery, listener:
-        nursery = handler_nursery if handler_nursery is not None else own_nursery
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as error:
-                if error.errno not in ACCEPT_CAPACITY_ERRNOS:
-                    raise
-                log.error("accept failed (%s); retrying in %s s",
-                          os.strerror(error.errno), ACCEPT_RETRY_SECONDS)
-                await trio.sleep(ACCEPT_RETRY_SECONDS)
-                continue
-            nursery.start_soon(guarded, stream)
 
 
 class OpsHandler:
