@@ -47,7 +47,12 @@ class StreamLike(Protocol):
     @property
     def head(self) -> Mapping[str, Any]: ...
 
+    @property
+    def remote_finished(self) -> bool: ...
+
     async def send_head(self, head: dict[str, Any], end_stream: bool = False) -> None: ...
+
+    async def send_response(self, head: dict[str, Any], body: bytes) -> bool: ...
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
 
@@ -158,8 +163,23 @@ class MeteredStream:
     def stream_id(self) -> object:
         return getattr(self._stream, "stream_id", "?")
 
+    @property
+    def remote_finished(self) -> bool:
+        return self._stream.remote_finished
+
     async def send_head(self, head: dict[str, Any], end_stream: bool = False) -> None:
         await self._stream.send_head(head, end_stream)
+        self._count_status(head)
+
+    async def send_response(self, head: dict[str, Any], body: bytes) -> bool:
+        if not await self._stream.send_response(head, body):
+            return False
+        self._count_status(head)
+        if body:
+            self._metrics.bytes_sent.inc(len(body))
+        return True
+
+    def _count_status(self, head: Mapping[str, Any]) -> None:
         status = head.get("status")
         if isinstance(status, int):
             self._metrics.requests.labels(status_class(status)).inc()

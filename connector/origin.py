@@ -80,7 +80,12 @@ class TunnelStreamLike(Protocol):
     @property
     def head(self) -> Mapping[str, Any]: ...
 
+    @property
+    def remote_finished(self) -> bool: ...
+
     async def send_head(self, head: dict[str, Any], end_stream: bool = False) -> None: ...
+
+    async def send_response(self, head: dict[str, Any], body: bytes) -> bool: ...
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
 
@@ -222,6 +227,8 @@ class OriginDispatcher:
         """Forward one exchange; after a 101 to a WebSocket upgrade, the connection to relay."""
         method, target, headers, body_mode, websocket = _request_parts(head, options)
         first_chunk = b""
+        if body_mode == "unknown" and stream.remote_finished:
+            body_mode = "none"  # the edge opened the stream already ended: no body
         if body_mode == "unknown":
             first_chunk = bytes(await stream.receive_some(CHUNK))
             body_mode = "stream" if first_chunk else "none"
@@ -391,8 +398,15 @@ def _head_headers(response: ResponseHead, *, keep_all: bool = False) -> list[lis
 async def _forward_response(stream: TunnelStreamLike, conn: OriginConnection,
                             response: ResponseHead) -> None:
     head = {"status": response.status, "headers": _head_headers(response)}
-    if conn.response_done:
-        await stream.send_head(head, end_stream=True)
+    # The usual small answer is in the buffer whole: head, body and end go out together.
+    whole = b"" if conn.response_done else conn.take_whole_body()
+    if whole is not None and await stream.send_response(head, whole):
+        return
+    if whole:
+        # Larger than the stream's credit: the same bytes, sent as flow control allows.
+        await stream.send_head(head)
+        await stream.send_all(whole)
+        await stream.send_eof()
         return
     await stream.send_head(head)
     while data := await conn.read_body():

@@ -286,6 +286,17 @@ class OriginConnection:
 
     # -- the body ----------------------------------------------------------------------------
 
+    def take_whole_body(self) -> bytes | None:
+        """The entire rest of a length-framed body when it is already buffered, else None."""
+        if self._framing != _LENGTH or self.response_done or len(self.buffer) < self._body_left:
+            return None
+        size = self._body_left
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        self._body_left = 0
+        self.response_done = True
+        return data
+
     def read_body_nowait(self) -> bytes | None:
         """Body bytes already buffered: ``b""`` at the end, ``None`` when more must be read."""
         if self.response_done:

@@ -263,8 +263,12 @@ class TunnelSession:
         Raises SessionDraining after a GOAWAY, StreamLimitReached when the peer's
         concurrency limit is reached (try another connection), the session's
         SessionClosed once it ended, LocalProtocolError for a head over the limit.
+
+        Cancellation is checked but the task is not rescheduled: the caller's next step,
+        waiting for the response head, is the schedule point (a yield here cost every
+        request an extra trip through the run queue).
         """
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint_if_cancelled()
         self._check_can_open()
         await self.wait_for_room()
         self._check_can_open()
@@ -567,7 +571,8 @@ class TunnelSession:
                 stream.reset(ErrorCode.CANCEL)
             # else the stream already failed with the session's reason; keep that visible.
             raise
-        await stream.aclose()
+        if not stream.closed:  # handlers usually close their stream themselves
+            await stream.aclose()
 
     def _on_goaway(self, event: GoAwayReceived) -> None:
         self._draining = True

@@ -244,6 +244,11 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             self._receiving = False
 
     @property
+    def closed(self) -> bool:
+        """This side closed the stream (``aclose`` or ``reset``)."""
+        return self._closed
+
+    @property
     def remote_finished(self) -> bool:
         """The peer ended its side and everything it sent has been taken."""
         return self._remote_ended and not self._inbound and self._broken() is None
@@ -299,6 +304,36 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             self._session.kick_writer()
             if not waited:
                 await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            self._sending = False
+
+    async def send_response(self, head: Head, body: bytes) -> bool:
+        """Send a whole response at once: head, body and end (connector side).
+
+        All three frames are queued before the writer runs, so a small response crosses the
+        tunnel in one message and the edge answers it in one write; sent one by one, each
+        part cost the edge a wake-up of its own. Returns False, having sent nothing, when
+        the body is larger than the stream's send credit: then send the parts one by one.
+        """
+        self._claim_send()
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._check_send()
+            waited = await self._session.wait_for_room()
+            self._check_send()
+            conn = self._conn
+            if len(body) > conn.send_credit(self.stream_id):
+                return False
+            if body:
+                conn.send_head(self.stream_id, head)
+                conn.send_data(self.stream_id, body, end_stream=True)
+            else:
+                conn.send_head(self.stream_id, head, end_stream=True)
+            self._local_ended = True
+            self._session.kick_writer()
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return True
         finally:
             self._sending = False
 

@@ -18,8 +18,12 @@ from tunnel.protocol import ErrorCode
 
 
 class FakeTunnelStream(trio.abc.HalfCloseableStream):
-    def __init__(self, head: dict[str, Any]) -> None:
+    def __init__(self, head: dict[str, Any], *, ended: bool = False) -> None:
         self.head = head
+        # ``ended``: the edge opened the stream already ended (a request without a body);
+        # then nothing may be read from it.
+        self.ended = ended
+        self.receives = 0
         connector_side, edge_side = trio.testing.lockstep_stream_pair()
         self._inner = connector_side
         self.edge = edge_side
@@ -28,6 +32,7 @@ class FakeTunnelStream(trio.abc.HalfCloseableStream):
         self.head_sent = trio.Event()
         self.reset_code: ErrorCode | None = None
         self.closed = False
+        self.whole_responses = 0
 
     async def send_head(self, head: dict[str, Any], end_stream: bool = False) -> None:
         assert self.response_head is None, "response head sent twice"
@@ -37,6 +42,14 @@ class FakeTunnelStream(trio.abc.HalfCloseableStream):
         if end_stream:
             await self._inner.send_eof()  # type: ignore[attr-defined]
 
+    async def send_response(self, head: dict[str, Any], body: bytes) -> bool:
+        self.whole_responses += 1
+        await self.send_head(head, end_stream=not body)
+        if body:
+            await self.send_all(body)
+            await self._inner.send_eof()  # type: ignore[attr-defined]
+        return True
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         assert self.response_head is not None, "body sent before the head"
         await self._inner.send_all(data)
@@ -44,7 +57,15 @@ class FakeTunnelStream(trio.abc.HalfCloseableStream):
     async def wait_send_all_might_not_block(self) -> None:
         await self._inner.wait_send_all_might_not_block()
 
+    @property
+    def remote_finished(self) -> bool:
+        return self.ended
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        self.receives += 1
+        if self.ended:
+            await trio.lowlevel.checkpoint()
+            return b""
         return await self._inner.receive_some(max_bytes)
 
     async def send_eof(self) -> None:
@@ -92,12 +113,15 @@ def http_head(target: str = "/", *, method: str = "GET", host: str = "app.exampl
 
 
 async def run_exchange(serve: Any, head: dict[str, Any],
-                       body: Iterable[bytes] = ()) -> EdgeView:
-    """Serve one stream while the edge sends ``body`` then EOF and reads the whole answer."""
-    stream = FakeTunnelStream(head)
+                       body: Iterable[bytes] = (), *, ended: bool = False) -> EdgeView:
+    """Serve one stream while the edge sends ``body`` then EOF and reads the whole answer
+    (``ended``: the stream was opened already ended, as the edge opens bodiless requests)."""
+    stream = FakeTunnelStream(head, ended=ended)
     received = bytearray()
 
     async def edge_sends() -> None:
+        if ended:
+            return
         try:
             for chunk in body:
                 await stream.edge.send_all(chunk)
@@ -118,4 +142,5 @@ async def run_exchange(serve: Any, head: dict[str, Any],
         await serve(stream)
     await stream.edge.aclose()
     return EdgeView(stream.response_head, stream.end_stream_on_head, bytes(received),
-                    stream.reset_code, stream.closed)
+                    stream.reset_code, stream.closed,
+                    {"receives": stream.receives, "whole_responses": stream.whole_responses})

@@ -47,6 +47,21 @@ async def test_get_is_forwarded_with_host_and_forwarding_headers(
     assert view.closed
 
 
+async def test_a_bodiless_request_is_answered_whole_without_reading_its_ended_stream(
+        origin: tuple[H11Origin, int]) -> None:
+    _server, port = origin
+    async with OriginDispatcher(table_for(f"http://127.0.0.1:{port}")) as dispatcher:
+        view = await run_exchange(dispatcher.serve_stream, http_head("/hello"), ended=True)
+        streamed = await run_exchange(dispatcher.serve_stream, http_head("/hello"))
+    assert view.status == 200
+    assert json.loads(view.body)["method"] == "GET"
+    # Opened already ended, the stream is never read; the small answer went out whole.
+    assert view.extra == {"receives": 0, "whole_responses": 1}
+    # A stream the edge may still send on is read first, to learn whether a body follows.
+    assert streamed.extra["receives"] == 1
+    assert streamed.status == 200
+
+
 async def test_http_host_header_rewrites_host(origin: tuple[H11Origin, int]) -> None:
     _server, port = origin
     table = table_for(f"http://127.0.0.1:{port}", http_host_header="internal.local")

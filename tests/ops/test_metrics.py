@@ -116,8 +116,16 @@ class FakeStream:
     def head(self) -> Mapping[str, Any]:
         return {"kind": "http", "host": "app.test"}
 
+    @property
+    def remote_finished(self) -> bool:
+        return not self._inbound
+
     async def send_head(self, head: dict[str, Any], end_stream: bool = False) -> None:
         self.sent.append(head)
+
+    async def send_response(self, head: dict[str, Any], body: bytes) -> bool:
+        self.sent.extend([head, body, "eof"])
+        return True
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self.sent.append(bytes(data))
