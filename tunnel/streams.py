@@ -290,14 +290,19 @@ class TunnelStream(trio.abc.HalfCloseableStream):
 
     # -- sending ---------------------------------------------------------------------
 
+    async def _wait_to_send(self) -> bool:
+        """Check cancellation and the stream, wait for room in the session; True if it waited."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_send()
+        waited = await self._session.wait_for_room()
+        self._check_send()
+        return waited
+
     async def send_head(self, head: Head, end_stream: bool = False) -> None:
         """Send the response head (connector side)."""
         self._claim_send()
         try:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            self._check_send()
-            waited = await self._session.wait_for_room()
-            self._check_send()
+            waited = await self._wait_to_send()
             self._conn.send_head(self.stream_id, head, end_stream)
             if end_stream:
                 self._local_ended = True
@@ -317,10 +322,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         """
         self._claim_send()
         try:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            self._check_send()
-            waited = await self._session.wait_for_room()
-            self._check_send()
+            waited = await self._wait_to_send()
             conn = self._conn
             if len(body) > conn.send_credit(self.stream_id):
                 return False
