@@ -238,7 +238,9 @@ class Proxy:
             raise
         finally:
             if client is None:
-                await stream.aclose()
+                # Closed without a checkpoint of its own: the connection reads its next
+                # request next, and that is where it yields.
+                stream.close()
         if client is None:
             return None
         return partial(relay, client, stream, guard)
@@ -286,6 +288,8 @@ class Proxy:
         self, request: IncomingRequest, respond: ResponseWriter, stream: TunnelStream
     ) -> tuple[Head | None, Callable[[], Awaitable[None]] | None]:
         """The response head, or the page to answer with when the stream failed first."""
+        if stream.response_head is not None:
+            return stream.response_head, None  # _open already waited for it (no body to pump)
         try:
             return await stream.receive_head(), None
         except StreamReset as reset:
