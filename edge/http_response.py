@@ -107,16 +107,15 @@ class ResponseWriter:
         lines = [_status_line(status)]
         lengths: set[bytes] = set()
         for name, value in headers:
-            normalised = normalise_header_name(name)
+            normalised, line = _checked_header(name, value)
             if normalised in _RESPONSE_HOP_BY_HOP or normalised in nominated:
                 continue
-            value = value.strip(b" \t")
-            if _TOKEN.fullmatch(name) is None or _FIELD_VALUE.fullmatch(value) is None:
+            if line is None:
                 self.must_close = True
                 raise ResponseStateError(f"invalid response header {name[:64]!r}")
             if normalised == b"content-length":
-                lengths.add(value)
-            lines.append(name + b": " + value)
+                lengths.add(line[len(name) + 2 :])
+            lines.append(line)
         if self._request.method == "HEAD" or status in (204, 304):
             self._framing = _NO_BODY
         elif lengths:
@@ -255,6 +254,37 @@ _FIELD_VALUE = re.compile(
     rb"(?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?"
 )
 _STATUS_LINES: dict[int, bytes] = {}
+# Origins repeat their response headers (Server, Content-Type, Cache-Control...): a header
+# checked once is not checked again. Bounded; a full table starts over.
+_CHECKED_HEADERS: dict[tuple[bytes, bytes], tuple[bytes, bytes | None]] = {}
+_CHECKED_HEADERS_MAX = 4096
+_CHECKED_VALUE_MAX = 256
+
+
+def _checked_header(name: bytes, value: bytes) -> tuple[bytes, bytes | None]:
+    """The normalised name, and the ``name: value`` line of a valid header or None for one
+    that could split or smuggle (a non-token name, a control byte in the value)."""
+    key = (name, value)
+    try:
+        return _CHECKED_HEADERS[key]
+    except KeyError:
+        pass
+    except TypeError:  # bytearray or memoryview: not hashable, never cached
+        return _check_header(bytes(name), bytes(value))
+    checked = _check_header(name, value)
+    if len(name) + len(value) <= _CHECKED_VALUE_MAX:
+        if len(_CHECKED_HEADERS) >= _CHECKED_HEADERS_MAX:
+            _CHECKED_HEADERS.clear()
+        _CHECKED_HEADERS[key] = checked
+    return checked
+
+
+def _check_header(name: bytes, value: bytes) -> tuple[bytes, bytes | None]:
+    normalised = normalise_header_name(name)
+    value = value.strip(b" \t")
+    if _TOKEN.fullmatch(name) is None or _FIELD_VALUE.fullmatch(value) is None:
+        return normalised, None
+    return normalised, name + b": " + value
 
 
 def _status_line(status: int) -> bytes:

@@ -127,3 +127,24 @@ async def test_body_beyond_the_declared_length_is_refused() -> None:
     with pytest.raises(ResponseStateError):
         await respond.send(b"toolong")
     assert respond.must_close
+
+
+async def test_remembered_response_headers_are_written_as_checked_and_stay_bounded() -> None:
+    from edge import http_response
+
+    for _ in range(2):  # the second answer is served from the table of checked headers
+        stream = CountingStream(b"")
+        respond = writer_for(stream)
+        await respond.start(200, [(b"Server", b" nginx \t"), (b"Content-Length", b"0")],
+                            end=True)
+        assert b"".join(stream.writes) == (
+            b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 0\r\n\r\n"
+        )
+    # A bad value under a name seen before is checked on its own, and refused every time.
+    for _ in range(2):
+        respond = writer_for(CountingStream(b""))
+        with pytest.raises(ResponseStateError):
+            await respond.start(200, [(b"Server", b"nginx\r\nSet-Cookie: evil=1")])
+    for n in range(http_response._CHECKED_HEADERS_MAX + 10):
+        http_response._checked_header(b"X-N", str(n).encode())
+    assert len(http_response._CHECKED_HEADERS) <= http_response._CHECKED_HEADERS_MAX
