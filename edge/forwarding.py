@@ -166,6 +166,8 @@ class CleanedHeaders:
     client_ip: str
     scheme: str
     is_websocket_upgrade: bool
+    connection_tokens: frozenset[bytes] = frozenset()
+    """The client's ``Connection`` tokens, normalised (``close``, ``upgrade``, header names)."""
 
 
 def clean_request_headers(
@@ -228,4 +230,5 @@ def clean_request_headers(
         client_ip=effective_client_ip(peer_ip, forwarded_for, trusted_proxies),
         scheme=effective_scheme,
         is_websocket_upgrade=websocket,
+        connection_tokens=frozenset(connection_tokens),
     )

@@ -48,7 +48,6 @@ from edge.canonical import (
 from edge.forwarding import (
     IPNetwork,
     clean_request_headers,
-    header_tokens,
     normalise_header_name,
     strip_headers,
 )
@@ -411,7 +410,7 @@ class _ClientConnection:
             content_length=content_length,
             request_id=context.request_id,
             chunked=chunked,
-            close_requested=b"close" in header_tokens(raw_headers, b"connection"),
+            close_requested=b"close" in cleaned.connection_tokens,
         )
         return request, upgrade_requested
 

@@ -101,13 +101,16 @@ class ResponseWriter:
         if not 200 <= status <= 999:
             raise ResponseStateError("use upgrade() for 101; other 1xx answers are not supported")
         self._begin(status)
-        nominated = header_tokens(headers, b"connection") if headers else set()
+        checked = [(name, *_checked_header(name, value)) for name, value in headers]
+        nominated: set[bytes] = set()
+        for (_name, normalised, _line), (_, value) in zip(checked, headers, strict=True):
+            if normalised == b"connection":
+                nominated.update(header_tokens(((b"connection", value),), b"connection"))
         if b"close" in nominated:
             self.must_close = True
         lines = [_status_line(status)]
         lengths: set[bytes] = set()
-        for name, value in headers:
-            normalised, line = _checked_header(name, value)
+        for name, normalised, line in checked:
             if normalised in _RESPONSE_HOP_BY_HOP or normalised in nominated:
                 continue
             if line is None:
