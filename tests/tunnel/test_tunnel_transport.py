@@ -165,3 +165,31 @@ async def test_server_that_is_not_a_websocket_fails_the_client() -> None:
         await server_stream.send_eof()
         with pytest.raises(HandshakeError):
             await connect_websocket(client_stream, host="edge.test")
+
+
+@pytest.mark.parametrize("small_buffer", [False, True], ids=["roomy", "partial-writes"])
+async def test_large_messages_of_many_odd_parts_are_written_vectored_and_arrive_intact(
+    small_buffer: bool,
+) -> None:
+    import socket as stdlib_socket
+
+    from tunnel.transport import VECTORED_MIN_BYTES
+
+    a, b = trio.socket.socketpair()
+    if small_buffer:  # the socket takes only part of each message: the rest follows via trio
+        a.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_SNDBUF, 8192)
+        b.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_SNDBUF, 8192)
+    client, server = await websocket_pair(
+        client_stream=trio.SocketStream(a), server_stream=trio.SocketStream(b)
+    )
+    # Parts whose sizes are not multiples of 4 turn the masking key between parts.
+    parts = [bytes([n % 251]) * (4096 * n + n) for n in range(1, 12)]
+    whole = b"".join(parts)
+    assert len(whole) >= VECTORED_MIN_BYTES
+    async with client.stream, server.stream:
+        for sender, receiver in ((client, server), (server, client)):  # masked, then not
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sender.send_parts, parts)
+                assert await receiver.receive_message() == whole
+            await sender.send_message(b"and the framing still holds")
+            assert await receiver.receive_message() == b"and the framing still holds"
