@@ -225,7 +225,6 @@ class WebSocketTransport:
         if self._fd is None or self._write_failed:
             await self._write(b"".join(buffers))
             return
-        total = sum(len(buffer) for buffer in buffers)
         try:
             sent = os.writev(self._fd, buffers)
         except BlockingIOError:
@@ -233,9 +232,14 @@ class WebSocketTransport:
         except OSError as error:
             self._write_failed = True
             raise TransportClosed(f"the connection broke while sending: {error}") from None
-        if sent < total:
-            # The socket took part of it: the rest goes out as one buffer, as trio sends.
-            await self._write(memoryview(b"".join(buffers))[sent:])
+        # The socket took part of it: the rest goes out buffer by buffer, without joining.
+        for buffer in buffers:
+            size = len(buffer)
+            if sent >= size:
+                sent -= size
+                continue
+            await self._write(memoryview(buffer)[sent:] if sent else buffer)
+            sent = 0
 
     async def _write(self, payload: bytes | bytearray | memoryview) -> None:
         if self._write_failed:
@@ -305,9 +309,14 @@ class WebSocketTransport:
             if not data:
                 self._end = TransportClosed("the connection ended without a close frame")
                 continue
-            if not self._buffer and len(data) <= self._remaining:
-                # The common case in bulk transfers: the read is all payload of one frame.
-                return self._payload(data if self._key is not None else bytes(data))
+            if not self._buffer and self._remaining:
+                # The common case in bulk transfers: the read starts with payload of the
+                # current frame; that part is handed on as read, only the rest is buffered.
+                if len(data) <= self._remaining:
+                    return self._payload(data if self._key is not None else bytes(data))
+                head = memoryview(data)[: self._remaining]
+                self._buffer += memoryview(data)[self._remaining :]
+                return self._payload(bytes(head))
             self._buffer += data
 
     async def receive_message(self) -> bytes:
