@@ -291,13 +291,7 @@ class RequestBody:
         while True:
             data = self._decode()
             if data is not None:
-                if data:
-                    self._received += len(data)
-                    if limits.max_body_bytes is not None and (
-                        self._received > limits.max_body_bytes
-                    ):
-                        raise PayloadTooLarge("the request body is larger than allowed")
-                return data
+                return self._counted(data)
             if io.eof:
                 raise ClientDisconnected("client closed the connection mid-body")
             # A body with a length is read in the pieces the handler asks for (the proxy asks
@@ -312,11 +306,16 @@ class RequestBody:
             if direct and more:
                 self._left -= len(more)
                 self.complete = not self._left
-                self._received += len(more)
-                if limits.max_body_bytes is not None and self._received > limits.max_body_bytes:
-                    raise PayloadTooLarge("the request body is larger than allowed")
-                return more
+                return self._counted(more)
             io.buffer += more
+
+    def _counted(self, data: bytes) -> bytes:
+        """``data``, once counted against ``max_body_bytes`` (413 beyond it)."""
+        self._received += len(data)
+        cap = self._io.limits.max_body_bytes
+        if cap is not None and self._received > cap:
+            raise PayloadTooLarge("the request body is larger than allowed")
+        return data
 
     def _decode(self) -> bytes | None:
         """The next body bytes in the buffer, ``b""`` at the end, None when more must arrive."""

@@ -102,10 +102,11 @@ class ResponseWriter:
             raise ResponseStateError("use upgrade() for 101; other 1xx answers are not supported")
         self._begin(status)
         checked = [(name, *_checked_header(name, value)) for name, value in headers]
-        nominated: set[bytes] = set()
-        for (_name, normalised, _line), (_, value) in zip(checked, headers, strict=True):
-            if normalised == b"connection":
-                nominated.update(header_tokens(((b"connection", value),), b"connection"))
+        nominated: set[bytes] = (
+            header_tokens(headers, b"connection")
+            if any(normalised == b"connection" for _, normalised, _ in checked)
+            else set()
+        )
         if b"close" in nominated:
             self.must_close = True
         lines = [_status_line(status)]

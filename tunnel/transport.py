@@ -195,21 +195,21 @@ class WebSocketTransport:
         except trio.WouldBlock:
             await lock.acquire()
         try:
-            if sum(len(part) for part in parts) < VECTORED_MIN_BYTES or len(parts) > MAX_IOVEC:
+            size = sum(len(part) for part in parts)
+            if self._fd is None or size < VECTORED_MIN_BYTES or len(parts) > MAX_IOVEC:
                 await self._write(self._encode(OP_BINARY, parts))
             else:
-                await self._write_vectored(self._encode_vectored(OP_BINARY, parts))
+                await self._write_vectored(self._encode_vectored(OP_BINARY, parts, size))
             await self._flush_control_locked()
         finally:
             lock.release()
 
     def _encode_vectored(
-        self, opcode: int, parts: Sequence[bytes | bytearray | memoryview]
+        self, opcode: int, parts: Sequence[bytes | bytearray | memoryview], length: int
     ) -> list[bytes | bytearray | memoryview]:
         """The frame as buffers for one ``writev``: a large message is not joined, and when
         masked each part is masked on its own (the key turned to the part's offset), so the
         payload is copied once (by the mask) or not at all, instead of three times."""
-        length = sum(len(part) for part in parts)
         if not self._client:
             return [frame_header(opcode, length, None), *parts]
         key = self._random_bytes(4)
@@ -222,9 +222,10 @@ class WebSocketTransport:
         return buffers
 
     async def _write_vectored(self, buffers: list[bytes | bytearray | memoryview]) -> None:
-        if self._fd is None or self._write_failed:
-            await self._write(b"".join(buffers))
-            return
+        """Write ``buffers`` on the plain socket (``send_parts`` checked there is one)."""
+        assert self._fd is not None
+        if self._write_failed:
+            raise TransportClosed("an earlier send was interrupted; the framing is lost")
         try:
             sent = os.writev(self._fd, buffers)
         except BlockingIOError:

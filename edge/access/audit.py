@@ -108,7 +108,6 @@ class AuditTrail:
         self._wake = trio.Event()
         self._drained = trio.Event()
         self._drained.set()
-        self._writing = False
         self.dropped = 0
 
     def record(self, decision: PendingDecision) -> None:
@@ -139,12 +138,8 @@ class AuditTrail:
             entries = list(self._pending.values())
             self._pending = {}
             self._wake = trio.Event()
-            self._writing = True
-            try:
-                for start in range(0, len(entries), batch_size):
-                    await self._write(entries[start : start + batch_size])
-            finally:
-                self._writing = False
+            for start in range(0, len(entries), batch_size):
+                await self._write(entries[start : start + batch_size])
             if not self._pending:
                 self._drained.set()
 
