@@ -34,6 +34,8 @@ import trio
 
 from connector.errors import OriginTimeout, OriginUnreachable
 from connector.ingress import HttpService, OriginRequest, TcpService
+from tunnel.bounded_memo import BoundedMemo
+from tunnel.fd_reads import receive_from_fd
 
 log = logging.getLogger(__name__)
 
@@ -86,17 +88,35 @@ def encode_request_head(method: bytes, target: bytes, headers: list[tuple[bytes,
     if _TARGET.fullmatch(target) is None:
         raise InvalidRequest(f"bad request target {target!r}")
     lines = [method + b" " + target + b" HTTP/1.1"]
-    token = _TOKEN.fullmatch
-    field_value = _FIELD_VALUE.fullmatch
+    checked = _CHECKED_REQUEST_LINES
     for name, value in headers:
-        value = value.strip(b" \t")
-        if token(name) is None:
-            raise InvalidRequest(f"bad header name {name!r}")
-        if field_value(value) is None:
-            raise InvalidRequest(f"bad value for header {name!r}")
-        lines.append(name + b": " + value)
+        line = checked.get((name, value))
+        if line is None:
+            line = _request_header_line(name, value)
+        lines.append(line)
     lines.append(b"\r\n")
     return b"\r\n".join(lines)
+
+
+# Requests repeat their headers (Host, the forwarding headers, User-Agent...): a short header
+# checked once is not checked again. Bounded; a full table starts over.
+_CHECKED_LINES_MAX = 4096
+_CHECKED_LINE_MAX = 256
+_CHECKED_REQUEST_LINES: BoundedMemo[tuple[bytes, bytes], bytes] = BoundedMemo(
+    _CHECKED_LINES_MAX
+)
+
+
+def _request_header_line(name: bytes, value: bytes) -> bytes:
+    stripped = value.strip(b" \t")
+    if _TOKEN.fullmatch(name) is None:
+        raise InvalidRequest(f"bad header name {name!r}")
+    if _FIELD_VALUE.fullmatch(stripped) is None:
+        raise InvalidRequest(f"bad value for header {name!r}")
+    line = name + b": " + stripped
+    if len(line) <= _CHECKED_LINE_MAX and type(name) is bytes and type(value) is bytes:
+        _CHECKED_REQUEST_LINES.remember((name, value), line)
+    return line
 
 
 @dataclass(slots=True)
@@ -106,6 +126,11 @@ class ResponseHead:
     status: int
     headers: list[tuple[bytes, bytes]]
     http_minor: int
+
+
+# Origins repeat their response header lines (Server, Content-Type...): a short line parsed
+# once is looked up afterwards. Bounded like the request lines.
+_PARSED_RESPONSE_LINES: BoundedMemo[bytes, tuple[bytes, bytes]] = BoundedMemo(4096)
 
 
 def _comma_tokens(value: bytes) -> list[bytes]:
@@ -186,7 +211,7 @@ class OriginConnection:
         if self.eof:
             raise self._broken("origin closed the connection mid-exchange")
         try:
-            data = await self.stream.receive_some(CHUNK)
+            data = await self._receive(CHUNK)
         except _ORIGIN_IO_ERRORS as exc:
             self.reusable = False
             raise OriginUnreachable(f"origin connection broke: {exc}") from exc
@@ -195,6 +220,11 @@ class OriginConnection:
             self.buffer += data
         else:
             self.eof = True
+
+    async def _receive(self, max_bytes: int) -> bytes | bytearray:
+        if self._fd is not None:
+            return await receive_from_fd(self._fd, max_bytes)
+        return await self.stream.receive_some(max_bytes)
 
     def _broken(self, reason: str) -> OriginUnreachable:
         self.reusable = False
@@ -235,15 +265,24 @@ class OriginConnection:
         if match is None:
             raise self._broken(f"origin sent a bad status line {status_line[:80]!r}")
         headers: list[tuple[bytes, bytes]] = []
-        header_line = _HEADER_LINE.fullmatch
+        seen = _PARSED_RESPONSE_LINES
         for raw in lines[1:]:
-            line = raw[:-1] if raw.endswith(b"\r") else raw
-            parsed = header_line(line)
-            if parsed is None:
-                raise self._broken(f"origin sent a bad header line {line[:80]!r}")
-            name, value = parsed.groups()
-            headers.append((name, value.rstrip(b" \t")))
+            header = seen.get(raw)
+            if header is None:
+                header = self._parse_header_line(raw)
+            headers.append(header)
         return ResponseHead(int(match.group(2)), headers, int(match.group(1)))
+
+    def _parse_header_line(self, raw: bytes) -> tuple[bytes, bytes]:
+        line = raw[:-1] if raw.endswith(b"\r") else raw
+        parsed = _HEADER_LINE.fullmatch(line)
+        if parsed is None:
+            raise self._broken(f"origin sent a bad header line {line[:80]!r}")
+        name, value = parsed.groups()
+        header = (name, value.rstrip(b" \t"))
+        if len(raw) <= _CHECKED_LINE_MAX:
+            _PARSED_RESPONSE_LINES.remember(raw, header)
+        return header
 
     def _frame_body(self, head: ResponseHead, head_request: bool) -> None:
         status = head.status
@@ -342,7 +381,7 @@ class OriginConnection:
     async def _read_body_direct(self) -> bytes | bytearray:
         """The next read of a length-framed body, which is all body: no copy into the buffer."""
         try:
-            data = await self.stream.receive_some(min(self._body_left, BODY_CHUNK))
+            data = await self._receive(min(self._body_left, BODY_CHUNK))
         except _ORIGIN_IO_ERRORS as exc:
             self.reusable = False
             raise OriginUnreachable(f"origin connection broke: {exc}") from exc

@@ -114,8 +114,12 @@ def header_tokens(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> set[by
     tokens: set[bytes] = set()
     for header, value in headers:
         if normalise_header_name(header) == wanted:
-            tokens.update(normalise_header_name(t) for t in value.split(b",") if t.strip())
+            tokens.update(_value_tokens(value))
     return tokens
+
+
+def _value_tokens(value: bytes) -> list[bytes]:
+    return [normalise_header_name(t) for t in value.split(b",") if t.strip()]
 
 
 def is_trusted_peer(ip: str, trusted_proxies: Sequence[IPNetwork]) -> bool:
@@ -181,8 +185,16 @@ def clean_request_headers(
 ) -> CleanedHeaders:
     """Apply the hygiene steps of the module docstring; ``host_value`` replaces ``Host``."""
     trusted = is_trusted_peer(peer_ip, trusted_proxies)
-    connection_tokens = header_tokens(raw_headers, b"connection")
-    upgrade_tokens = header_tokens(raw_headers, b"upgrade")
+    # Every name is normalised once; the first pass reads the Connection and Upgrade tokens
+    # the second one filters by.
+    names = [normalise_header_name(name) for name, _ in raw_headers]
+    connection_tokens: set[bytes] = set()
+    upgrade_tokens: set[bytes] = set()
+    for normalised, (_, value) in zip(names, raw_headers, strict=True):
+        if normalised == b"connection":
+            connection_tokens.update(_value_tokens(value))
+        elif normalised == b"upgrade":
+            upgrade_tokens.update(_value_tokens(value))
     websocket = (
         method == "GET" and b"upgrade" in connection_tokens and b"websocket" in upgrade_tokens
     )
@@ -191,8 +203,7 @@ def clean_request_headers(
     kept: list[tuple[bytes, bytes]] = []
     forwarded_for: list[str] = []
     forwarded_proto: str | None = None
-    for name, value in raw_headers:
-        normalised = normalise_header_name(name)
+    for normalised, (name, value) in zip(names, raw_headers, strict=True):
         if normalised == b"host":
             if b"_" not in name:
                 kept.append((name, host_value))

@@ -72,6 +72,7 @@ from edge.http_messages import (
     reason_phrase,
 )
 from edge.pages import render_error, wants_json
+from tunnel.bounded_memo import BoundedMemo
 
 __all__ = [
     "BadRequest",
@@ -314,7 +315,6 @@ class _ClientConnection:
         del io.buffer[:head_end]
         method, target, version, raw_headers = _parse_head(head)
         context.method = method
-        context.accept = _first_header(raw_headers, b"accept")
         return self._build_request(method, target, version, raw_headers, context)
 
     def _build_request(
@@ -326,26 +326,36 @@ class _ClientConnection:
         context: _ErrorContext,
     ) -> tuple[IncomingRequest, bool]:
         limits = self._limits
-        if len(raw_headers) > limits.max_headers:
-            raise HeadersTooLarge("too many request headers")
-        if version not in ("1.0", "1.1"):
-            raise VersionNotSupported("only HTTP/1.0 and HTTP/1.1 are served here")
-        if method == "CONNECT":
-            raise BadRequest("CONNECT is not supported")
         hosts: list[bytes] = []
         lengths: list[bytes] = []
         codings: list[bytes] = []
         expects_continue = False
+        upgrade_requested = False
+        accept: bytes | None = None
+        # One pass reads everything the checks below need (and the Accept an error page
+        # follows), before any of them can fail.
         for name, value in raw_headers:
             lowered = name.lower()
             if lowered == b"host":
                 hosts.append(value)
+            elif lowered == b"accept":
+                if accept is None:
+                    accept = value
             elif lowered == b"content-length":
                 lengths.extend(part.strip() for part in value.split(b","))
             elif lowered == b"transfer-encoding":
                 codings.extend(t.strip().lower() for t in value.split(b",") if t.strip())
             elif lowered == b"expect":
                 expects_continue = version == "1.1" and value.lower() == b"100-continue"
+            elif lowered == b"upgrade" and value.strip(b" \t,"):
+                upgrade_requested = True
+        context.accept = accept
+        if len(raw_headers) > limits.max_headers:
+            raise HeadersTooLarge("too many request headers")
+        if version not in ("1.0", "1.1"):
+            raise VersionNotSupported("only HTTP/1.0 and HTTP/1.1 are served here")
+        if method == "CONNECT":
+            raise BadRequest("CONNECT is not supported")
         if len(hosts) != 1:
             raise BadRequest("a request needs exactly one Host header")
         host = parse_host_header(_ascii(hosts[0], "Host header"))
@@ -390,9 +400,6 @@ class _ClientConnection:
             peer_ip=self._peer_ip,
             scheme=self._scheme,
             trusted_proxies=self._trusted_proxies,
-        )
-        upgrade_requested = any(
-            n.lower() == b"upgrade" and v.strip(b" \t,") for n, v in raw_headers
         )
         request = IncomingRequest(
             method=method,
@@ -541,17 +548,32 @@ def _parse_head(head: bytes) -> tuple[str, bytes, str, list[tuple[bytes, bytes]]
     if match is None:
         raise BadRequest("malformed request: bad request line")
     headers: list[tuple[bytes, bytes]] = []
-    header_line = _HEADER_LINE.fullmatch
+    seen = _PARSED_LINES
     for line in lines[1:]:
         if not line:
             break
-        parsed = header_line(line)
-        if parsed is None:
-            raise BadRequest("malformed request: bad header line")
-        name, value = parsed.groups()
-        headers.append((name, value.rstrip(b" \t")))
+        header = seen.get(line)
+        if header is None:
+            header = _parse_header_line(line)
+        headers.append(header)
     method, target, major, minor = match.groups()
     return method.decode("ascii"), target, f"{major.decode()}.{minor.decode()}", headers
+
+
+# Clients repeat their header lines (Host, User-Agent, Accept...): a short line parsed once is
+# looked up afterwards. Bounded; a full table starts over.
+_PARSED_LINES_MAX = 4096
+_PARSED_LINE_MAX = 256
+_PARSED_LINES: BoundedMemo[bytes, tuple[bytes, bytes]] = BoundedMemo(_PARSED_LINES_MAX)
+
+
+def _parse_header_line(line: bytes) -> tuple[bytes, bytes]:
+    parsed = _HEADER_LINE.fullmatch(line)
+    if parsed is None:
+        raise BadRequest("malformed request: bad header line")
+    name, value = parsed.groups()
+    header = (name, value.rstrip(b" \t"))
+    return _PARSED_LINES.remember(line, header) if len(line) <= _PARSED_LINE_MAX else header
 
 
 def _ascii(value: bytes, what: str) -> str:
@@ -559,13 +581,6 @@ def _ascii(value: bytes, what: str) -> str:
         return value.decode("ascii")
     except UnicodeDecodeError:
         raise BadRequest(f"the {what} contains non-ASCII bytes") from None
-
-
-def _first_header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for header, value in headers:
-        if header.lower() == name:
-            return value
-    return None
 
 
 def _sni_host(server_name: str | None) -> str | None:

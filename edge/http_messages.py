@@ -38,6 +38,7 @@ from edge.http_response import (
     error_page_headers,
     reason_phrase,
 )
+from tunnel.fd_reads import receive_from_fd
 
 __all__ = [
     "ClientDisconnected",
@@ -188,13 +189,25 @@ class ClientIO:
         self._fd = None
 
     async def receive(self, max_bytes: int = READ_SIZE) -> bytes:
-        try:
-            data = await self.stream.receive_some(max_bytes)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise ClientDisconnected("client connection broke") from exc
+        fd = self._fd
+        if fd is None:
+            try:
+                data = bytes(await self.stream.receive_some(max_bytes))
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ClientDisconnected("client connection broke") from exc
+        else:
+            data = await self._receive_fd(fd, max_bytes)
         if not data:
             self.eof = True
-        return bytes(data)
+        return data
+
+    async def _receive_fd(self, fd: int, max_bytes: int) -> bytes:
+        try:
+            return await receive_from_fd(fd, max_bytes)
+        except trio.ClosedResourceError as exc:
+            raise ClientDisconnected("client connection closed") from exc
+        except OSError as exc:
+            raise ClientDisconnected("client connection broke") from exc
 
     async def send(self, data: bytes) -> None:
         if not data:

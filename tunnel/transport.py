@@ -45,6 +45,7 @@ from .errors import (
     TransportClosed,
     TransportError,
 )
+from .fd_reads import receive_from_fd
 from .protocol.websocket import (
     CLOSE_NO_STATUS,
     CLOSE_NORMAL,
@@ -303,8 +304,12 @@ class WebSocketTransport:
             if self._end is not None:
                 raise self._end
             try:
-                data = await self._stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+                data: bytes | bytearray
+                if self._fd is not None:
+                    data = await receive_from_fd(self._fd, RECEIVE_SIZE)
+                else:
+                    data = await self._stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
                 self._end = TransportClosed(f"the connection broke while receiving: {error}")
                 continue
             if not data:

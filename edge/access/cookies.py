@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from tunnel.bounded_memo import BoundedMemo
+
 __all__ = [
     "MAX_COOKIES",
     "MAX_COOKIE_VALUE",
@@ -91,4 +93,31 @@ def parse_cookies(header_values: Iterable[str | bytes]) -> dict[str, str]:
 
 def cookie_values(header_values: Iterable[str | bytes], name: str) -> list[str]:
     """Every value of cookie ``name`` in the order the browser sent them."""
-    return [value for found, value in _cookie_pairs(header_values) if found == name]
+    values: list[str] = []
+    count = 0
+    for header in header_values:
+        for found, value in _header_pairs(header):
+            count += 1
+            if count > MAX_COOKIES:
+                return values
+            if found == name:
+                values.append(value)
+    return values
+
+
+# A browser sends the same Cookie header with every request of a session: its pairs are parsed
+# once. Bounded in entries and in the size of a header kept; a full table starts over.
+_PAIRS_SEEN_MAX = 1024
+_PAIRS_HEADER_MAX = 8192
+_PAIRS_SEEN: BoundedMemo[str | bytes, tuple[tuple[str, str], ...]] = BoundedMemo(
+    _PAIRS_SEEN_MAX
+)
+
+
+def _header_pairs(header: str | bytes) -> tuple[tuple[str, str], ...]:
+    pairs = _PAIRS_SEEN.get(header)
+    if pairs is None:
+        pairs = tuple(_cookie_pairs([header]))
+        if len(header) <= _PAIRS_HEADER_MAX:
+            _PAIRS_SEEN.remember(header, pairs)
+    return pairs

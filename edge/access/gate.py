@@ -52,6 +52,7 @@ from edge.access.runtime import AccessRuntime, normalise_cookie_name
 from edge.access.sessions import AppSession, GlobalSession, cookie_values
 from edge.forwarding import normalise_header_name
 from edge.http11 import IncomingRequest, RequestBody, ResponseWriter
+from tunnel.bounded_memo import BoundedMemo
 
 __all__ = ["AccessGate", "AccessGrant", "ScrubbedHeaders", "scrub_headers", "split_headers"]
 
@@ -106,6 +107,25 @@ OPEN_GRANT = AccessGrant()
 
 
 def _strip_cookie_pairs(value: bytes, ours: frozenset[str]) -> bytes:
+    key = (value, ours)
+    stripped = _STRIPPED_SEEN.get(key)
+    if stripped is None:
+        stripped = _strip_cookie_pairs_uncached(value, ours)
+        if len(value) <= _STRIPPED_HEADER_MAX:
+            _STRIPPED_SEEN.remember(key, stripped)
+    return stripped
+
+
+# The same Cookie header comes with every request of a session: it is scrubbed once. Bounded in
+# entries and in the size of a header kept; a full table starts over.
+_STRIPPED_SEEN_MAX = 1024
+_STRIPPED_HEADER_MAX = 8192
+_STRIPPED_SEEN: BoundedMemo[tuple[bytes, frozenset[str]], bytes] = BoundedMemo(
+    _STRIPPED_SEEN_MAX
+)
+
+
+def _strip_cookie_pairs_uncached(value: bytes, ours: frozenset[str]) -> bytes:
     kept = [
         piece
         for piece in value.split(b";")

@@ -72,3 +72,19 @@ def test_nothing_of_ours_survives(
     survivors = [n for n, _ in kept if normalise_header_name(n) not in (b"cookie",)]
     expected = [n for n, _ in raw if normalise_header_name(n) in (b"accept", b"x-custom")]
     assert survivors == expected
+
+
+def test_a_cookie_header_seen_again_is_scrubbed_alike_and_the_table_stays_bounded() -> None:
+    from edge.access import gate
+
+    for _ in range(2):  # the second time from the table of scrubbed headers
+        assert scrub_headers([(b"Cookie", b"CF_Authorization=x; a=1")], HEADERS, OURS) == [
+            (b"Cookie", b"a=1")
+        ]
+    # The table is per set of cookie names: another set scrubs the same header otherwise.
+    assert scrub_headers([(b"Cookie", b"CF_Authorization=x; a=1")], HEADERS, frozenset()) == [
+        (b"Cookie", b"CF_Authorization=x; a=1")
+    ]
+    for n in range(gate._STRIPPED_SEEN_MAX + 10):
+        scrub_headers([(b"Cookie", b"n=%d" % n)], HEADERS, OURS)
+    assert len(gate._STRIPPED_SEEN) <= gate._STRIPPED_SEEN_MAX

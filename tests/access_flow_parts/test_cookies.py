@@ -88,3 +88,22 @@ def test_cookie_values_lists_every_copy_in_order() -> None:
     headers = ["s=planted; other=1", "s=ours"]
     assert cookie_values(headers, "s") == ["planted", "ours"]
     assert cookie_values(headers, "missing") == []
+
+
+def test_a_header_seen_again_gives_the_same_values_and_the_table_stays_bounded() -> None:
+    from edge.access import cookies
+
+    header = "s=first; t=2; s=second"
+    assert cookie_values([header], "s") == ["first", "second"]
+    assert cookie_values([header], "s") == ["first", "second"]  # from the table this time
+    assert cookie_values([header, "s=third"], "s") == ["first", "second", "third"]
+    # The cap on cookies read counts across headers, remembered or not.
+    many = "; ".join(f"c{n}=v" for n in range(cookies.MAX_COOKIES - 1))
+    assert cookie_values([many, "s=1; s=2; s=3"], "s") == ["1"]
+    assert cookie_values([many, "s=1; s=2; s=3"], "s") == ["1"]
+    huge = "s=" + "x" * 4000 + "; " + "; ".join(f"p{n}=" + "y" * 100 for n in range(60))
+    assert cookie_values([huge], "s") == ["x" * 4000]
+    assert huge not in cookies._PAIRS_SEEN  # too large to keep
+    for n in range(cookies._PAIRS_SEEN_MAX + 10):
+        cookie_values([f"n={n}"], "n")
+    assert len(cookies._PAIRS_SEEN) <= cookies._PAIRS_SEEN_MAX

@@ -215,3 +215,41 @@ async def test_an_origin_that_closes_inside_a_long_body_is_unreachable() -> None
     with pytest.raises(OriginUnreachable, match="mid-exchange"):
         await conn.read_body()
     assert not conn.reusable
+
+
+def test_remembered_request_headers_are_checked_once_and_stay_bounded() -> None:
+    from connector import origin_pool
+
+    for _ in range(2):  # the second head is written from the table of checked lines
+        head = encode_request_head(b"GET", b"/", [(b"Host", b"app"), (b"X-Pad", b" v\t")])
+        assert head == b"GET / HTTP/1.1\r\nHost: app\r\nX-Pad: v\r\n\r\n"
+    # A bad value under a name seen before is checked on its own, and refused every time.
+    for _ in range(2):
+        with pytest.raises(InvalidRequest):
+            encode_request_head(b"GET", b"/", [(b"Host", b"app\r\nX-Injected: 1")])
+    long_value = b"x" * (origin_pool._CHECKED_LINE_MAX + 1)
+    encode_request_head(b"GET", b"/", [(b"X-Long", long_value)])
+    assert (b"X-Long", long_value) not in origin_pool._CHECKED_REQUEST_LINES
+    for n in range(origin_pool._CHECKED_LINES_MAX + 10):
+        encode_request_head(b"GET", b"/", [(b"X-N", str(n).encode())])
+    assert len(origin_pool._CHECKED_REQUEST_LINES) <= origin_pool._CHECKED_LINES_MAX
+
+
+async def test_remembered_response_lines_parse_alike_and_stay_bounded() -> None:
+    from connector import origin_pool
+
+    answer = b"HTTP/1.1 200 OK\r\nServer: nginx  \r\nContent-Length: 2\r\n\r\nok"
+    for _ in range(2):  # the second head is parsed from the table of lines seen
+        status, headers, body = await read_all(connection_with_answer(answer))
+        assert (status, headers, body) == (
+            200, [(b"Server", b"nginx"), (b"Content-Length", b"2")], b"ok"
+        )
+    # A bad line is refused every time, however many good lines were remembered.
+    bad = b"HTTP/1.1 200 OK\r\nServer: nginx  \r\nBad Name: x\r\nContent-Length: 2\r\n\r\nok"
+    for _ in range(2):
+        with pytest.raises(OriginUnreachable, match="bad header line"):
+            await connection_with_answer(bad).read_head()
+    for n in range(origin_pool._CHECKED_LINES_MAX + 10):
+        line = b"HTTP/1.1 204 No Content\r\nX-N: %d\r\n\r\n" % n
+        await connection_with_answer(line, piece=len(line)).read_head()
+    assert len(origin_pool._PARSED_RESPONSE_LINES) <= origin_pool._CHECKED_LINES_MAX

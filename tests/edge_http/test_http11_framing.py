@@ -148,3 +148,24 @@ async def test_remembered_response_headers_are_written_as_checked_and_stay_bound
     for n in range(http_response._CHECKED_HEADERS_MAX + 10):
         http_response._checked_header(b"X-N", str(n).encode())
     assert len(http_response._CHECKED_HEADERS) <= http_response._CHECKED_HEADERS_MAX
+
+
+def test_remembered_request_lines_parse_alike_and_stay_bounded() -> None:
+    from edge import http11
+    from edge.canonical import BadRequest
+
+    head = b"GET / HTTP/1.1\r\nHost: app\r\nX-Pad: v \t\r\n\r\n"
+    for _ in range(2):  # the second head is parsed from the table of lines seen
+        assert http11._parse_head(head) == (
+            "GET", b"/", "1.1", [(b"Host", b"app"), (b"X-Pad", b"v")]
+        )
+    # A bad line is refused every time, however many good lines were remembered.
+    for _ in range(2):
+        with pytest.raises(BadRequest):
+            http11._parse_head(b"GET / HTTP/1.1\r\nHost: app\r\nBad Name: v\r\n\r\n")
+    long_line = b"X-Long: " + b"x" * http11._PARSED_LINE_MAX
+    http11._parse_head(b"GET / HTTP/1.1\r\n" + long_line + b"\r\n\r\n")
+    assert long_line not in http11._PARSED_LINES
+    for n in range(http11._PARSED_LINES_MAX + 10):
+        http11._parse_head(b"GET / HTTP/1.1\r\nX-N: %d\r\n\r\n" % n)
+    assert len(http11._PARSED_LINES) <= http11._PARSED_LINES_MAX

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 from .errors import ErrorCode, LocalProtocolError, ProtocolError
@@ -139,8 +141,21 @@ class FrameReader:
 # Encoders are built once (json.dumps with options builds one per call). The ASCII form
 # (non-ASCII as \u escapes) encodes several times faster; the UTF-8 form is the compact one
 # for the rare head whose escapes would push it over a size limit.
-_JSON_ASCII = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 _JSON_UTF8 = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def _not_serialisable(value: object) -> object:
+    raise TypeError(f"a {type(value).__name__} is not JSON-serialisable")
+
+
+# ``JSONEncoder.encode`` builds a new C encoder for every call, which costs more than encoding a
+# head. This one is built once; it keeps no markers (nothing we encode can refer to itself,
+# and a self-reference would end in a RecursionError, reported like any other failure).
+_encode_ascii: Callable[[object, int], Sequence[str]] | None = None
+if c_make_encoder is not None:  # CPython's accelerator; pure Python falls back to the class
+    _encode_ascii = c_make_encoder(
+        None, _not_serialisable, encode_basestring_ascii, None, ":", ",", False, False, True
+    )
 
 
 def encode_json(value: dict[str, Any], *, compact: bool = False) -> bytes:
@@ -148,11 +163,30 @@ def encode_json(value: dict[str, Any], *, compact: bool = False) -> bytes:
     try:
         if compact:
             return _JSON_UTF8.encode(value).encode("utf-8")
-        return _JSON_ASCII.encode(value).encode("ascii")
-    except (TypeError, ValueError) as error:
+        if _encode_ascii is not None:
+            return "".join(_encode_ascii(value, 0)).encode("ascii")
+        return json.dumps(value, separators=(",", ":")).encode("ascii")
+    except (TypeError, ValueError, RecursionError) as error:
         raise LocalProtocolError(
             ErrorCode.INTERNAL_ERROR, f"not JSON-serialisable: {error}"
         ) from None
+
+
+_scan_json: Callable[[str, int], tuple[object, int]] = (
+    json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+)
+
+
+def _parse_json(text: str) -> object:
+    """``json.loads`` without its checks and regular expressions for the usual payload, which
+    starts with a value and holds nothing after it; anything else goes to ``json.loads``."""
+    try:
+        value, end = _scan_json(text, 0)
+    except StopIteration:
+        return json.loads(text)
+    if end != len(text):
+        return json.loads(text)
+    return value
 
 
 # A head lives as long as its stream (an idle WebSocket: days), and thousands of heads repeat
@@ -177,7 +211,7 @@ def shared_name(name: str) -> str:
 
 def decode_json_object(payload: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(payload.decode("utf-8"))
+        value = _parse_json(payload.decode("utf-8"))
     except (ValueError, RecursionError):
         raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"{what} is not valid JSON") from None
     if not isinstance(value, dict):

@@ -1,0 +1,82 @@
+"""The descriptor reads under the edge's client connections, the connector's origin
+connections and the tunnel transport: real sockets, no sleeps."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+import trio
+import trio.testing
+
+from tunnel.fd_reads import receive_from_fd
+
+
+def nonblocking_pair() -> tuple[socket.socket, socket.socket]:
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    return left, right
+
+
+async def test_bytes_already_there_are_returned_after_one_yield() -> None:
+    left, right = nonblocking_pair()
+    with left, right:
+        right.sendall(b"ready")
+        # Data that was waiting still passes through a scheduling point, so a peer that keeps
+        # the buffer full cannot hold the loop.
+        with trio.testing.assert_checkpoints():
+            assert await receive_from_fd(left.fileno(), 100) == b"ready"
+
+
+async def test_a_read_waits_for_the_peer_and_then_returns_what_it_sent() -> None:
+    left, right = nonblocking_pair()
+    with left, right:
+        got: list[bytes] = []
+        async with trio.open_nursery() as nursery:
+
+            async def reader() -> None:
+                got.append(await receive_from_fd(left.fileno(), 100))
+
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == []  # nothing was there: the reader is waiting, not spinning
+            right.sendall(b"later")
+        assert got == [b"later"]
+
+
+async def test_the_end_of_the_stream_reads_as_empty_and_a_reset_as_oserror() -> None:
+    left, right = nonblocking_pair()
+    with left:
+        right.close()
+        assert await receive_from_fd(left.fileno(), 100) == b""
+    first = socket.socket()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        first.connect(server.getsockname())
+        peer, _ = server.accept()
+        with first, peer:
+            first.setblocking(False)
+            # SO_LINGER 0: the close sends a reset instead of a FIN.
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            peer.close()
+            with pytest.raises(ConnectionResetError):
+                await receive_from_fd(first.fileno(), 100)
+
+
+async def test_closing_the_socket_wakes_a_waiting_read() -> None:
+    left, right = socket.socketpair()
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(left))
+    with right:
+        async with trio.open_nursery() as nursery:
+            failures: list[BaseException] = []
+
+            async def reader() -> None:
+                try:
+                    await receive_from_fd(stream.socket.fileno(), 100)
+                except trio.ClosedResourceError as error:
+                    failures.append(error)
+
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            await stream.aclose()
+        assert len(failures) == 1
