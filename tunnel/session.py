@@ -62,6 +62,7 @@ from .protocol import (
     TunnelConnection,
     WindowUpdated,
 )
+from .stream_workers import StreamWorkers
 from .streams import TunnelStream
 from .transport import WebSocketTransport
 
@@ -164,6 +165,7 @@ class TunnelSession:
         self._register_received = trio.Event()
         self._register_info: RegisterInfo | None = None
         self._nursery: trio.Nursery | None = None
+        self._workers: StreamWorkers[TunnelStream] | None = None
         self._running = False
         self._last_inbound = 0.0
 
@@ -557,9 +559,13 @@ class TunnelSession:
         stream = TunnelStream(self, stream_id, event.head, remote_ended=event.end_stream)
         self._streams[stream_id] = stream
         self.counters.streams_total += 1
-        self._nursery.start_soon(self._serve_stream, self._handle_stream, stream)
+        if self._workers is None:
+            self._workers = StreamWorkers(self._nursery, self._serve_stream)
+        self._workers.start(stream)
 
-    async def _serve_stream(self, handler: StreamHandler, stream: TunnelStream) -> None:
+    async def _serve_stream(self, stream: TunnelStream) -> None:
+        handler = self._handle_stream
+        assert handler is not None  # streams are only accepted with a handler
         try:
             await handler(stream)
         except Exception:

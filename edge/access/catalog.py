@@ -100,6 +100,7 @@ class AccessCatalog:
         "_idps",
         "_tokens",
         "auth_domain",
+        "encoded_slash_hosts",
         "warnings",
     )
 
@@ -126,6 +127,10 @@ class AccessCatalog:
             }
         )
         self._apps_by_name = MappingProxyType({app.name: app for app in apps})
+        self.encoded_slash_hosts = frozenset(
+            app.host for app in apps if app.spec.allow_encoded_slash
+        )
+        """Hosts with an application that opted in to ``%2F`` and ``%5C`` in paths."""
         self._apps_by_aud = MappingProxyType({app.aud: app for app in apps})
         self._idps = MappingProxyType({idp.name: idp for idp in idps})
         self._tokens = MappingProxyType({token.client_id: token for token in service_tokens})

@@ -394,9 +394,7 @@ class AccessRuntime:
 
     def allows_encoded_slash(self, host: str) -> bool:
         """Whether an application on ``host`` opted in to ``%2F`` and ``%5C`` in paths."""
-        return any(
-            app.host == host and app.spec.allow_encoded_slash for app in self.catalog.apps
-        )
+        return host in self.catalog.encoded_slash_hosts
 
     def changed(self) -> trio.Event:
         """An event set at the next change that can end sessions (revocation, logout, policy)."""

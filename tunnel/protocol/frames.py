@@ -216,12 +216,15 @@ def decode_json_object(payload: bytes, what: str) -> dict[str, Any]:
         raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"{what} is not valid JSON") from None
     if not isinstance(value, dict):
         raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"{what} is not a JSON object")
-    value = {shared_name(key): item for key, item in value.items()}
+    # The table's own lookup first: one C call for a name seen before (nearly all of them).
+    known = _shared_names.get
+    value = {known(key) or shared_name(key): item for key, item in value.items()}
     headers = value.get("headers")
     if type(headers) is list:
         for header in headers:
             if type(header) is list and header and type(header[0]) is str:
-                header[0] = shared_name(header[0])
+                name = header[0]
+                header[0] = known(name) or shared_name(name)
     return value
 
 
