@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import re
 import secrets
 from collections.abc import Callable, Sequence
@@ -205,8 +206,32 @@ class _ClientConnection:
         self._linger = False
         self._upgraded = False
         self._relay: tuple[Relay, str] | None = None
+        self._waiting = trio.CancelScope()
 
     async def run(self) -> None:
+        # One cancel scope for the connection's life carries the header and idle deadlines:
+        # its deadline is set while the connection waits for a head and infinite otherwise.
+        # (A scope entered for every wait cost more than the rest of reading a head.)
+        with trio.CancelScope() as waiting:
+            self._waiting = waiting
+            await self._serve_requests()
+        if waiting.cancelled_caught:
+            # A deadline passed while the connection waited: a started head is answered with
+            # 408, an idle keep-alive connection just closes.
+            if self._io.buffer:
+                timeout = RequestTimeout("the request head was not completed in time")
+                await self._front_error(timeout, _ErrorContext(self._new_request_id()))
+            return
+        upgraded, self._relay = self._relay, None
+        if upgraded is not None:
+            # What a handler handed back after a 101 (edge.http_messages.Handler).
+            relay, request_id = upgraded
+            try:
+                await relay()
+            except Exception:
+                log.exception("relay failed request=%s", request_id)
+
+    async def _serve_requests(self) -> None:
         first = True
         while True:
             try:
@@ -218,15 +243,7 @@ class _ClientConnection:
                 return
             first = False
             if not await self._serve_one(head_end):
-                break
-        upgraded, self._relay = self._relay, None
-        if upgraded is not None:
-            # What a handler handed back after a 101 (edge.http_messages.Handler).
-            relay, request_id = upgraded
-            try:
-                await relay()
-            except Exception:
-                log.exception("relay failed request=%s", request_id)
+                return
 
     async def close(self) -> None:
         stream = self._io.stream
@@ -255,7 +272,17 @@ class _ClientConnection:
     # --- the head --------------------------------------------------------------------------
 
     async def _read_head(self, first: bool) -> int | None:
-        """Wait for a complete, well-formed head in the buffer; its end, None if the client left."""
+        """Wait for a complete, well-formed head in the buffer; its end, None if the client left.
+
+        A deadline that passes cancels the connection's waiting scope (see ``run``)."""
+        waiting = self._waiting
+        try:
+            return await self._wait_for_head(first, waiting)
+        finally:
+            if waiting.deadline != math.inf:
+                waiting.deadline = math.inf
+
+    async def _wait_for_head(self, first: bool, waiting: trio.CancelScope) -> int | None:
         io, limits = self._io, self._limits
         now = trio.current_time()
         idle_deadline = now + (limits.header_timeout if first else limits.idle_timeout)
@@ -284,13 +311,9 @@ class _ClientConnection:
             if io.eof:
                 return None
             deadline = head_deadline if io.buffer and head_deadline is not None else idle_deadline
-            with trio.move_on_at(deadline) as scope:
-                data = await io.receive()
-            if scope.cancelled_caught:
-                if io.buffer:
-                    raise RequestTimeout("the request head was not completed in time")
-                return None
-            io.buffer += data
+            if waiting.deadline != deadline:
+                waiting.deadline = deadline
+            io.buffer += await io.receive()
 
     # --- one request -----------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from edge.access.identity import IPAddress, RequestFacts
 from edge.access.pages import PAGE_HEADERS
 from edge.http11 import IncomingRequest, ResponseWriter
 from edge.pages import wants_json
+from tunnel.bounded_memo import BoundedMemo
 
 __all__ = [
     "MAX_QUERY_CHARS",
@@ -85,10 +86,21 @@ async def send_redirect(
 
 @functools.lru_cache(maxsize=4096)
 def _client_address(text: str) -> IPAddress:
-    try:
-        return ipaddress.ip_address(text.strip("[]"))
-    except ValueError:
-        return ipaddress.IPv4Address(0)
+    address = _ADDRESSES.get(text)
+    if address is None:
+        try:
+            address = ipaddress.ip_address(text.strip("[]"))
+        except ValueError:
+            address = ipaddress.IPv4Address(0)
+        if len(text) <= _ADDRESS_TEXT_MAX:
+            _ADDRESSES.remember(text, address)
+    return address
+
+
+# Parsing an address costs more than the policy check that reads it, and clients come back:
+# the addresses seen are remembered (bounded).
+_ADDRESSES: BoundedMemo[str, IPAddress] = BoundedMemo(4096)
+_ADDRESS_TEXT_MAX = 64
 
 
 def client_facts(request: IncomingRequest, path: str | None = None) -> RequestFacts:
