@@ -98,10 +98,10 @@ def encode_request_head(method: bytes, target: bytes, headers: list[tuple[bytes,
     return b"\r\n".join(lines)
 
 
-# Requests repeat their headers (Host, the forwarding headers, User-Agent...): a short header
-# checked once is not checked again. Bounded; a full table starts over.
-_CHECKED_LINES_MAX = 4096
-_CHECKED_LINE_MAX = 256
+# Requests repeat their headers (Host, the forwarding headers, the app token...): a header of
+# up to 2 KiB checked once is not checked again. Bounded; a full table starts over.
+_CHECKED_LINES_MAX = 1024
+_CHECKED_LINE_MAX = 2048
 _CHECKED_REQUEST_LINES: BoundedMemo[tuple[bytes, bytes], bytes] = BoundedMemo(
     _CHECKED_LINES_MAX
 )
@@ -130,7 +130,7 @@ class ResponseHead:
 
 # Origins repeat their response header lines (Server, Content-Type...): a short line parsed
 # once is looked up afterwards. Bounded like the request lines.
-_PARSED_RESPONSE_LINES: BoundedMemo[bytes, tuple[bytes, bytes]] = BoundedMemo(4096)
+_PARSED_RESPONSE_LINES: BoundedMemo[bytes, tuple[bytes, bytes]] = BoundedMemo(_CHECKED_LINES_MAX)
 
 
 def _comma_tokens(value: bytes) -> list[bytes]:

@@ -36,6 +36,7 @@ __all__ = [
     "header_tokens",
     "is_trusted_peer",
     "normalise_header_name",
+    "normalised_names",
     "strip_headers",
 ]
 
@@ -98,6 +99,12 @@ def normalise_header_name(name: bytes) -> bytes:
 _NORMALISED: dict[bytes, bytes] = {}
 _NORMALISED_MAX = 2048
 _NORMALISED_NAME_MAX = 64
+
+
+def normalised_names(headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
+    """The normalised names of ``headers`` in order; a name seen before costs one C lookup."""
+    known = _NORMALISED.get
+    return [known(name) or normalise_header_name(name) for name, _ in headers]
 
 
 def strip_headers(
@@ -187,7 +194,7 @@ def clean_request_headers(
     trusted = is_trusted_peer(peer_ip, trusted_proxies)
     # Every name is normalised once; the first pass reads the Connection and Upgrade tokens
     # the second one filters by.
-    names = [normalise_header_name(name) for name, _ in raw_headers]
+    names = normalised_names(raw_headers)
     connection_tokens: set[bytes] = set()
     upgrade_tokens: set[bytes] = set()
     for normalised, (_, value) in zip(names, raw_headers, strict=True):

@@ -583,10 +583,10 @@ def _parse_head(head: bytes) -> tuple[str, bytes, str, list[tuple[bytes, bytes]]
     return method.decode("ascii"), target, f"{major.decode()}.{minor.decode()}", headers
 
 
-# Clients repeat their header lines (Host, User-Agent, Accept...): a short line parsed once is
-# looked up afterwards. Bounded; a full table starts over.
-_PARSED_LINES_MAX = 4096
-_PARSED_LINE_MAX = 256
+# Clients repeat their header lines (Host, Cookie, User-Agent...): a line of up to 2 KiB parsed
+# once is looked up afterwards. Bounded; a full table starts over.
+_PARSED_LINES_MAX = 1024
+_PARSED_LINE_MAX = 2048
 _PARSED_LINES: BoundedMemo[bytes, tuple[bytes, bytes]] = BoundedMemo(_PARSED_LINES_MAX)
 
 

@@ -27,6 +27,7 @@ from edge.metrics import EdgeMetrics
 from edge.routes import RouteTable
 from edge.tcp_access import is_tcp_request, is_tcp_stream, relay_tcp_over_websocket, tcp_head
 from edge.tunnels import TunnelRegistry
+from tunnel.bounded_memo import BoundedMemo
 from tunnel.errors import SessionClosed, SessionDraining, StreamLimitReached, StreamReset
 from tunnel.protocol import ErrorCode, Head
 from tunnel.protocol.frames import shared_name
@@ -143,8 +144,7 @@ class Proxy:
                 # The head lives as long as its stream (a WebSocket: days): names are shared
                 # among heads, and a pair is a tuple, which costs less than a list.
                 "headers": [
-                    (shared_name(n.decode("latin-1")), v.decode("latin-1"))
-                    for n, v in request.headers
+                    _HEAD_PAIRS.get((n, v)) or _head_pair(n, v) for n, v in request.headers
                 ],
                 "client": request.client_ip,
                 "identity": identity,
@@ -380,14 +380,50 @@ class Proxy:
                                 f"The tunnel stream was reset (code {code}).")
 
 
+# Requests and responses repeat their headers: a pair converted once (text for the tunnel head,
+# bytes for the client) is looked up afterwards. Bounded in entries and in the size of a pair.
+_PAIR_MEMO_ENTRIES = 2048
+_PAIR_MEMO_BYTES = 2048
+_HEAD_PAIRS: BoundedMemo[tuple[bytes, bytes], tuple[str, str]] = BoundedMemo(
+    _PAIR_MEMO_ENTRIES
+)
+_RESPONSE_PAIRS: BoundedMemo[tuple[str, str], tuple[bytes, bytes, str]] = BoundedMemo(
+    _PAIR_MEMO_ENTRIES
+)
+
+
+def _head_pair(name: bytes, value: bytes) -> tuple[str, str]:
+    """A request header as the tunnel head carries it (names shared among heads)."""
+    pair = (shared_name(name.decode("latin-1")), value.decode("latin-1"))
+    if len(name) + len(value) <= _PAIR_MEMO_BYTES and type(name) is type(value) is bytes:
+        _HEAD_PAIRS.remember((name, value), pair)
+    return pair
+
+
+def _response_pair(name: object, value: object) -> tuple[bytes, bytes, str]:
+    """A response header from the tunnel head: its bytes, and its lower-case name."""
+    text_name, text_value = str(name), str(value)
+    pair = (text_name.encode("latin-1"), text_value.encode("latin-1"), text_name.lower())
+    if type(name) is type(value) is str and len(text_name) + len(text_value) <= _PAIR_MEMO_BYTES:
+        _RESPONSE_PAIRS.remember((text_name, text_value), pair)
+    return pair
+
+
 def _encoded_headers(
     raw_headers: list[Any], skip: frozenset[str] = frozenset()
 ) -> list[tuple[bytes, bytes]]:
-    return [
-        (str(n).encode("latin-1"), str(v).encode("latin-1"))
-        for n, v in raw_headers
-        if str(n).lower() not in skip
-    ]
+    known = _RESPONSE_PAIRS.get
+    encoded = []
+    for n, v in raw_headers:
+        try:
+            pair = known((n, v))
+        except TypeError:  # not text (the head was checked for shape, not for types)
+            pair = None
+        if pair is None:
+            pair = _response_pair(n, v)
+        if pair[2] not in skip:
+            encoded.append((pair[0], pair[1]))
+    return encoded
 
 
 def _needs_pump(request: IncomingRequest) -> bool:

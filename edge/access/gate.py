@@ -50,7 +50,7 @@ from edge.access.responses import (
 )
 from edge.access.runtime import AccessRuntime, normalise_cookie_name
 from edge.access.sessions import AppSession, GlobalSession, cookie_values
-from edge.forwarding import normalise_header_name
+from edge.forwarding import normalised_names
 from edge.http11 import IncomingRequest, RequestBody, ResponseWriter
 from tunnel.bounded_memo import BoundedMemo
 
@@ -154,8 +154,7 @@ def split_headers(
 ) -> ScrubbedHeaders:
     """One pass over the client's headers (names normalised): scrub, and keep what we read."""
     result = ScrubbedHeaders([], [])
-    for name, value in headers:
-        normalised = normalise_header_name(name)
+    for normalised, (name, value) in zip(normalised_names(headers), headers, strict=True):
         if normalised == _COOKIE:
             result.cookies.append(value)
             value = _strip_cookie_pairs(value, cookies)
