@@ -57,6 +57,7 @@ from connector.origin_pool import (
     encode_request_head,
     idle_connection_alive,
 )
+from tunnel.bounded_memo import BoundedMemo
 
 log = logging.getLogger(__name__)
 
@@ -325,8 +326,9 @@ def _request_parts(head: Mapping[str, Any], options: OriginRequest
         headers: list[tuple[bytes, bytes]] = []
         upgrade = None
         chunked = has_length = has_xff = has_proto = False
+        known = _REQUEST_PAIRS.get
         for name, value in head.get("headers") or ():
-            lname = name.lower()
+            lname, encoded = known((name, value)) or _request_pair(name, value)
             if lname in HOP_BY_HOP:
                 if lname == "host":
                     host_header = value
@@ -341,7 +343,7 @@ def _request_parts(head: Mapping[str, Any], options: OriginRequest
                 has_xff = True
             elif lname == "x-forwarded-proto":
                 has_proto = True
-            headers.append((name.encode("latin-1"), value.encode("latin-1")))
+            headers.append(encoded)
         headers.insert(0, (b"host", (options.http_host_header or host_header).encode("latin-1")))
         client = head.get("client")
         if not has_xff and isinstance(client, str) and client:
@@ -389,10 +391,43 @@ async def _read_response_head(conn: OriginConnection, *, head_request: bool,
             raise OriginUnreachable("origin switched protocols without being asked")
 
 
-def _head_headers(response: ResponseHead, *, keep_all: bool = False) -> list[list[str]]:
-    return [[name.decode("latin-1"), value.decode("latin-1")]
-            for name, value in response.headers
-            if keep_all or name.lower() not in HOP_BY_HOP_BYTES]
+def _head_headers(response: ResponseHead, *, keep_all: bool = False) -> list[tuple[str, str]]:
+    known = _RESPONSE_PAIRS.get
+    pairs = []
+    for name, value in response.headers:
+        pair, hop_by_hop = known((name, value)) or _response_pair(name, value)
+        if keep_all or not hop_by_hop:
+            pairs.append(pair)
+    return pairs
+
+
+# Requests and responses repeat their headers: a pair converted once between the tunnel head's
+# text and the origin's bytes is looked up afterwards (bounded in entries and pair size).
+_PAIR_MEMO_ENTRIES = 2048
+_PAIR_MEMO_BYTES = 2048
+_REQUEST_PAIRS: BoundedMemo[tuple[str, str], tuple[str, tuple[bytes, bytes]]] = BoundedMemo(
+    _PAIR_MEMO_ENTRIES
+)
+_RESPONSE_PAIRS: BoundedMemo[tuple[bytes, bytes], tuple[tuple[str, str], bool]] = BoundedMemo(
+    _PAIR_MEMO_ENTRIES
+)
+
+
+def _request_pair(name: str, value: str) -> tuple[str, tuple[bytes, bytes]]:
+    """A head's header: its lower-case name, and the pair as the origin gets it."""
+    converted = (name.lower(), (name.encode("latin-1"), value.encode("latin-1")))
+    if type(name) is type(value) is str and len(name) + len(value) <= _PAIR_MEMO_BYTES:
+        _REQUEST_PAIRS.remember((name, value), converted)
+    return converted
+
+
+def _response_pair(name: bytes, value: bytes) -> tuple[tuple[str, str], bool]:
+    """An origin's header as the tunnel head carries it, and whether it is hop-by-hop."""
+    converted = ((name.decode("latin-1"), value.decode("latin-1")),
+                 name.lower() in HOP_BY_HOP_BYTES)
+    if len(name) + len(value) <= _PAIR_MEMO_BYTES:
+        _RESPONSE_PAIRS.remember((name, value), converted)
+    return converted
 
 
 async def _forward_response(stream: TunnelStreamLike, conn: OriginConnection,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import select
 import ssl
@@ -35,7 +34,7 @@ import trio
 from connector.errors import OriginTimeout, OriginUnreachable
 from connector.ingress import HttpService, OriginRequest, TcpService
 from tunnel.bounded_memo import BoundedMemo
-from tunnel.fd_reads import receive_from_fd
+from tunnel.fd_io import receive_from_fd, write_without_waiting
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +191,7 @@ class OriginConnection:
         if self._fd is not None:
             # First without trio's machinery: a request usually fits the socket buffer at once.
             try:
-                sent = os.write(self._fd, data)
-            except BlockingIOError:
-                pass
+                sent = write_without_waiting(self._fd, data)
             except OSError as exc:
                 self.reusable = False
                 raise OriginUnreachable(f"origin connection broke while sending: {exc}") from exc

@@ -22,7 +22,6 @@ A handler may let any ``RequestRejected`` escape (``RequestBody.receive_some`` r
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from edge.http_response import (
     error_page_headers,
     reason_phrase,
 )
-from tunnel.fd_reads import receive_from_fd
+from tunnel.fd_io import receive_from_fd, write_without_waiting
 
 __all__ = [
     "ClientDisconnected",
@@ -180,6 +179,7 @@ class ClientIO:
         self.eof = False
         self._broken = False
         self._send_lock = trio.StrictFIFOLock()
+        self._writers = 0  # writes started and not finished; 0 lets a write skip the lock
         # A plain TCP connection is first written without trio's machinery (no timeout scope,
         # no wait): a response usually fits the socket buffer at once.
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
@@ -212,29 +212,38 @@ class ClientIO:
     async def send(self, data: bytes) -> None:
         if not data:
             return
+        sent = 0
+        if self._fd is not None and not self._writers:
+            # The usual case: nobody is mid-write and the socket buffer takes it all at once,
+            # with no lock and no scheduling round.
+            if self._broken:
+                raise ClientDisconnected("an earlier write to the client failed")
+            try:
+                sent = write_without_waiting(self._fd, data)
+            except OSError as exc:
+                self._broken = True
+                raise ClientDisconnected("client connection broke") from exc
+            if sent == len(data):
+                return
+        self._writers += 1  # from here on, later writes queue behind this one
+        try:
+            await self._send_locked(memoryview(data)[sent:] if sent else data)
+        finally:
+            self._writers -= 1
+
+    async def _send_locked(self, data: bytes | memoryview) -> None:
         lock = self._send_lock
         try:
-            lock.acquire_nowait()  # the usual case: no other writer, no extra scheduling round
+            lock.acquire_nowait()
         except trio.WouldBlock:
             await lock.acquire()
         try:
             if self._broken:
                 raise ClientDisconnected("an earlier write to the client failed")
-            sent = 0
-            if self._fd is not None:
-                try:
-                    sent = os.write(self._fd, data)
-                except BlockingIOError:
-                    pass
-                except OSError as exc:
-                    self._broken = True
-                    raise ClientDisconnected("client connection broke") from exc
-                if sent == len(data):
-                    return
             self._broken = True  # until the write completes: a cancelled write breaks the stream
             with trio.move_on_after(self.limits.send_timeout) as scope:
                 try:
-                    await self.stream.send_all(memoryview(data)[sent:] if sent else data)
+                    await self.stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     raise ClientDisconnected("client connection broke") from exc
             if scope.cancelled_caught:

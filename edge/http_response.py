@@ -101,25 +101,16 @@ class ResponseWriter:
         if not 200 <= status <= 999:
             raise ResponseStateError("use upgrade() for 101; other 1xx answers are not supported")
         self._begin(status)
-        checked = [(name, *_checked_header(name, value)) for name, value in headers]
-        nominated: set[bytes] = (
-            header_tokens(headers, b"connection")
-            if any(normalised == b"connection" for _, normalised, _ in checked)
-            else set()
-        )
-        if b"close" in nominated:
-            self.must_close = True
         lines = [_status_line(status)]
         lengths: set[bytes] = set()
-        for name, normalised, line in checked:
-            if normalised in _RESPONSE_HOP_BY_HOP or normalised in nominated:
-                continue
-            if line is None:
+        if not self._header_lines(headers, lines, lengths, None):
+            # A Connection header names more headers to drop (rare): go again without them.
+            nominated = header_tokens(headers, b"connection")
+            if b"close" in nominated:
                 self.must_close = True
-                raise ResponseStateError(f"invalid response header {name[:64]!r}")
-            if normalised == b"content-length":
-                lengths.add(line[len(name) + 2 :])
-            lines.append(line)
+            del lines[1:]
+            lengths.clear()
+            self._header_lines(headers, lines, lengths, frozenset(nominated))
         if self._request.method == "HEAD" or status in (204, 304):
             self._framing = _NO_BODY
         elif lengths:
@@ -144,6 +135,44 @@ class ResponseWriter:
         if end:
             data += self._finish()
         await self._io.send(data)
+
+    def _header_lines(
+        self,
+        headers: Sequence[tuple[bytes, bytes]],
+        lines: list[bytes],
+        lengths: set[bytes],
+        nominated: frozenset[bytes] | None,
+    ) -> bool:
+        """Append the checked lines of the headers to send; False (with the lines incomplete)
+        when a Connection header turned up and ``nominated`` was not given yet (None). A
+        header that could split the response raises, unless it is one that is dropped anyway."""
+        known = _CHECKED_HEADERS.get
+        dropped = nominated or frozenset()
+        invalid: bytes | None = None
+        connection_seen = False
+        for name, value in headers:
+            try:
+                checked = known((name, value))
+            except TypeError:  # bytearray or memoryview: not hashable, never remembered
+                checked = None
+            if checked is None:
+                checked = _checked_header(name, value)
+            normalised, line = checked
+            if normalised in _RESPONSE_HOP_BY_HOP or normalised in dropped:
+                connection_seen = connection_seen or normalised == b"connection"
+                continue
+            if line is None:
+                invalid = invalid or bytes(name)
+                continue
+            if normalised == b"content-length":
+                lengths.add(line[len(name) + 2 :])
+            lines.append(line)
+        if connection_seen and nominated is None:
+            return False
+        if invalid is not None:
+            self.must_close = True
+            raise ResponseStateError(f"invalid response header {invalid[:64]!r}")
+        return True
 
     async def send(self, data: bytes) -> None:
         if not self._started or self.finished or self.upgraded:

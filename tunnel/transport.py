@@ -45,7 +45,7 @@ from .errors import (
     TransportClosed,
     TransportError,
 )
-from .fd_reads import receive_from_fd
+from .fd_io import receive_from_fd, write_without_waiting
 from .protocol.websocket import (
     CLOSE_NO_STATUS,
     CLOSE_NORMAL,
@@ -176,7 +176,7 @@ class WebSocketTransport:
     def _encode(
         self, opcode: int, parts: Sequence[bytes | bytearray | memoryview]
     ) -> bytes | bytearray:
-        length = sum(len(part) for part in parts)
+        length = sum(map(len, parts))
         if not self._client:
             return b"".join([frame_header(opcode, length, None), *parts])
         key = self._random_bytes(4)
@@ -196,7 +196,7 @@ class WebSocketTransport:
         except trio.WouldBlock:
             await lock.acquire()
         try:
-            size = sum(len(part) for part in parts)
+            size = sum(map(len, parts))
             if self._fd is None or size < VECTORED_MIN_BYTES or len(parts) > MAX_IOVEC:
                 await self._write(self._encode(OP_BINARY, parts))
             else:
@@ -250,9 +250,7 @@ class WebSocketTransport:
         if self._fd is not None:
             # First without trio's machinery: the socket buffer usually takes it all at once.
             try:
-                sent = os.write(self._fd, payload)
-            except BlockingIOError:
-                pass
+                sent = write_without_waiting(self._fd, payload)
             except OSError as error:
                 self._write_failed = True
                 raise TransportClosed(f"the connection broke while sending: {error}") from None

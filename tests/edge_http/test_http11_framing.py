@@ -169,3 +169,57 @@ def test_remembered_request_lines_parse_alike_and_stay_bounded() -> None:
     for n in range(http11._PARSED_LINES_MAX + 10):
         http11._parse_head(b"GET / HTTP/1.1\r\nX-N: %d\r\n\r\n" % n)
     assert len(http11._PARSED_LINES) <= http11._PARSED_LINES_MAX
+
+
+async def test_headers_a_response_names_in_connection_are_dropped_even_when_invalid() -> None:
+    stream = CountingStream(b"")
+    respond = writer_for(stream)
+    await respond.start(
+        200,
+        [(b"X-Hop", b"bad\r\nvalue"), (b"Connection", b"close, X-Hop"), (b"Content-Length", b"0")],
+        end=True,
+    )
+    assert b"".join(stream.writes) == (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    assert respond.must_close
+
+
+@pytest.mark.parametrize("connection", [b"keep-alive", b"", None])
+async def test_an_invalid_header_not_named_in_connection_is_refused(
+    connection: bytes | None,
+) -> None:
+    headers = [(b"X-Bad", b"split\r\nSet-Cookie: x=1"), (b"Content-Length", b"0")]
+    if connection is not None:
+        headers.append((b"Connection", connection))
+    respond = writer_for(CountingStream(b""))
+    with pytest.raises(ResponseStateError, match="X-Bad"):
+        await respond.start(200, headers)
+    assert respond.must_close
+
+
+async def test_a_write_that_must_wait_keeps_later_writes_behind_it() -> None:
+    import socket
+
+    left, right = socket.socketpair()
+    left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(left))
+    io = ClientIO(stream, HttpLimits())
+    first, second = b"a" * 1_000_000, b"b" * 10
+    received = bytearray()
+    with right:
+        right.setblocking(False)
+
+        async def read_all() -> None:
+            while len(received) < len(first) + len(second):
+                await trio.lowlevel.wait_readable(right)
+                received.extend(right.recv(65536))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(io.send, first)  # too large for the socket buffer: it waits
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(io.send, second)  # must not slip in between the two halves
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(read_all)
+        await stream.aclose()
+    assert bytes(received) == first + second

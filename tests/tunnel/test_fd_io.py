@@ -1,4 +1,4 @@
-"""The descriptor reads under the edge's client connections, the connector's origin
+"""The descriptor reads and writes under the edge's client connections, the connector's origin
 connections and the tunnel transport: real sockets, no sleeps."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from tunnel.fd_reads import receive_from_fd
+from tunnel.fd_io import receive_from_fd, write_without_waiting
 
 
 def nonblocking_pair() -> tuple[socket.socket, socket.socket]:
@@ -80,3 +80,18 @@ async def test_closing_the_socket_wakes_a_waiting_read() -> None:
             await trio.testing.wait_all_tasks_blocked()
             await stream.aclose()
         assert len(failures) == 1
+
+
+def test_a_write_takes_what_the_buffer_holds_and_a_full_buffer_writes_nothing() -> None:
+    left, right = nonblocking_pair()
+    with left, right:
+        left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        data = b"x" * 1_000_000
+        written = write_without_waiting(left.fileno(), data)
+        assert 0 < written < len(data)
+        while write_without_waiting(left.fileno(), data):  # fill whatever room is left
+            pass
+        assert write_without_waiting(left.fileno(), data) == 0
+        right.close()
+        with pytest.raises(BrokenPipeError):  # the peer is gone
+            write_without_waiting(left.fileno(), b"y")

@@ -1,0 +1,44 @@
+"""Reads and writes on a plain TCP socket's descriptor without trio's stream layers.
+
+``trio.SocketStream`` wraps every read and write in a conflict detector, an error translator
+and a try-then-wait helper; on the request path each layer costs more than the system call.
+The objects that use this (the edge's client connection, the connector's origin connection,
+the tunnel transport) are the only reader of their socket and serialise their own writes, so
+none of that protection is needed. Waiting for readability stays the scheduling point; bytes
+that were already there still yield once, so a peer that keeps the buffer full cannot starve
+the other tasks. A write is tried once without waiting; the caller sends what is left through
+its stream, under its own timeout.
+
+Errors are the ones ``os.read``, ``os.write`` and ``trio.lowlevel.wait_readable`` raise:
+``OSError`` when the connection broke, ``trio.ClosedResourceError`` when another task closed
+the socket.
+"""
+
+from __future__ import annotations
+
+import os
+
+import trio
+
+
+async def receive_from_fd(fd: int, max_bytes: int) -> bytes:
+    """Up to ``max_bytes`` from non-blocking descriptor ``fd``; ``b""`` at end of stream."""
+    waited = False
+    while True:
+        try:
+            data = os.read(fd, max_bytes)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(fd)
+            waited = True
+            continue
+        if not waited:
+            await trio.lowlevel.checkpoint()
+        return data
+
+
+def write_without_waiting(fd: int, data: bytes | bytearray | memoryview) -> int:
+    """Write what the socket buffer takes of ``data`` now; the number of bytes written."""
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return 0
