@@ -117,8 +117,11 @@ class ConnectorMetrics:
         self.config_reloads = Counter(
             "tunnelgate_connector_config_reloads", "Ingress reloads (SIGHUP), by result.",
             ["result"], registry=self.registry)
-        for status in ("2xx", "3xx", "4xx", "5xx"):
-            self.requests.labels(status)
+        # The children every answer counts in, looked up once (labels() takes a lock and
+        # builds a key on each call).
+        self.requests_by_class = {
+            status: self.requests.labels(status) for status in ("2xx", "3xx", "4xx", "5xx")
+        }
         for kind in CONNECTION_ERROR_KINDS:
             self.errors.labels(kind)
         for result in ("ok", "error"):
@@ -182,7 +185,11 @@ class MeteredStream:
     def _count_status(self, head: Mapping[str, Any]) -> None:
         status = head.get("status")
         if isinstance(status, int):
-            self._metrics.requests.labels(status_class(status)).inc()
+            kind = status_class(status)
+            child = self._metrics.requests_by_class.get(kind)
+            if child is None:
+                child = self._metrics.requests.labels(kind)
+            child.inc()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._stream.send_all(data)

@@ -4,9 +4,9 @@
 and a try-then-wait helper; on the request path each layer costs more than the system call.
 The objects that use this (the edge's client connection, the connector's origin connection,
 the tunnel transport) are the only reader of their socket and serialise their own writes, so
-none of that protection is needed. Waiting for readability stays the scheduling point; bytes
-that were already there still yield once, so a peer that keeps the buffer full cannot starve
-the other tasks. A write is tried once without waiting; the caller sends what is left through
+none of that protection is needed. Waiting for readability stays the scheduling point; reads
+whose bytes were already there yield every few reads, so a peer that keeps the buffer full
+cannot starve the other tasks. A write is tried once without waiting; the caller sends what is left through
 its stream, under its own timeout.
 
 Errors are the ones ``os.read``, ``os.write`` and ``trio.lowlevel.wait_readable`` raise:
@@ -20,20 +20,37 @@ import os
 
 import trio
 
+READS_BETWEEN_YIELDS = 16
+"""Reads that found their bytes already there, process-wide, between two forced yields."""
+
+_reads_until_yield = READS_BETWEEN_YIELDS
+
 
 async def receive_from_fd(fd: int, max_bytes: int) -> bytes:
-    """Up to ``max_bytes`` from non-blocking descriptor ``fd``; ``b""`` at end of stream."""
-    waited = False
-    while True:
-        try:
-            data = os.read(fd, max_bytes)
-        except BlockingIOError:
+    """Up to ``max_bytes`` from non-blocking descriptor ``fd``; ``b""`` at end of stream.
+
+    Always a cancellation point. A read that had to wait yielded while waiting; one whose
+    bytes were already there yields only every ``READS_BETWEEN_YIELDS`` such reads (counted
+    across all descriptors), which bounds how long any task can run on ready data without
+    letting the others in, and spares the usual read its scheduling round.
+    """
+    global _reads_until_yield
+    try:
+        data = os.read(fd, max_bytes)
+    except BlockingIOError:
+        while True:
             await trio.lowlevel.wait_readable(fd)
-            waited = True
-            continue
-        if not waited:
-            await trio.lowlevel.checkpoint()
-        return data
+            try:
+                return os.read(fd, max_bytes)
+            except BlockingIOError:
+                continue
+    _reads_until_yield -= 1
+    if _reads_until_yield <= 0:
+        _reads_until_yield = READS_BETWEEN_YIELDS
+        await trio.lowlevel.checkpoint()
+    else:
+        await trio.lowlevel.checkpoint_if_cancelled()
+    return data
 
 
 def write_without_waiting(fd: int, data: bytes | bytearray | memoryview) -> int:

@@ -319,10 +319,13 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         tunnel in one message and the edge answers it in one write; sent one by one, each
         part cost the edge a wake-up of its own. Returns False, having sent nothing, when
         the body is larger than the stream's send credit: then send the parts one by one.
+
+        A cancellation point, but it yields only when it had to wait: it ends the stream's
+        sending, and the caller closes the stream and waits for its next one right after.
         """
         self._claim_send()
         try:
-            waited = await self._wait_to_send()
+            await self._wait_to_send()
             conn = self._conn
             if len(body) > conn.send_credit(self.stream_id):
                 return False
@@ -333,8 +336,6 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                 conn.send_head(self.stream_id, head, end_stream=True)
             self._local_ended = True
             self._session.kick_writer()
-            if not waited:
-                await trio.lowlevel.cancel_shielded_checkpoint()
             return True
         finally:
             self._sending = False

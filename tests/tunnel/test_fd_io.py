@@ -10,6 +10,7 @@ import pytest
 import trio
 import trio.testing
 
+from tunnel import fd_io
 from tunnel.fd_io import receive_from_fd, write_without_waiting
 
 
@@ -19,14 +20,19 @@ def nonblocking_pair() -> tuple[socket.socket, socket.socket]:
     return left, right
 
 
-async def test_bytes_already_there_are_returned_after_one_yield() -> None:
+async def test_bytes_already_there_are_returned_and_a_burst_of_them_yields() -> None:
     left, right = nonblocking_pair()
     with left, right:
-        right.sendall(b"ready")
-        # Data that was waiting still passes through a scheduling point, so a peer that keeps
-        # the buffer full cannot hold the loop.
+        right.sendall(b"x" * 1000)
+        # Data that was waiting is a cancellation point, and every few such reads also a
+        # scheduling point, so a peer that keeps the buffer full cannot hold the loop.
         with trio.testing.assert_checkpoints():
-            assert await receive_from_fd(left.fileno(), 100) == b"ready"
+            for _ in range(fd_io.READS_BETWEEN_YIELDS):
+                assert await receive_from_fd(left.fileno(), 10) == b"x" * 10
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await receive_from_fd(left.fileno(), 10)
+        assert scope.cancelled_caught
 
 
 async def test_a_read_waits_for_the_peer_and_then_returns_what_it_sent() -> None:
