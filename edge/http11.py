@@ -254,7 +254,12 @@ class _ClientConnection:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
-            await stream.aclose()
+            if isinstance(stream, trio.SocketStream):
+                # Plain TCP has nothing to say on the way out, and the connection's task ends
+                # here: closing needs no scheduling round of its own.
+                stream.socket.close()
+            else:
+                await stream.aclose()
 
     async def _linger_close(self, stream: trio.abc.Stream) -> None:
         """Half-close, then drain briefly, so an error page is not lost to a TCP reset."""
