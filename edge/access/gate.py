@@ -48,7 +48,7 @@ from edge.access.responses import (
     send_redirect,
     wants_json_answer,
 )
-from edge.access.runtime import AccessRuntime, normalise_cookie_name
+from edge.access.runtime import AccessRuntime, VerifiedToken, normalise_cookie_name
 from edge.access.sessions import AppSession, GlobalSession, cookie_values
 from edge.forwarding import normalised_names
 from edge.http11 import IncomingRequest, RequestBody, ResponseWriter
@@ -185,6 +185,8 @@ def scrub_headers(
 class _Signin:
     session: GlobalSession
     app_session: AppSession
+    token: str
+    verified: VerifiedToken
 
 
 class AccessGate:
@@ -237,7 +239,10 @@ class AccessGate:
             await self._deny(request, respond, app, identity, refusal)
             return None
         token = rt.app_token(signin.session, app, signin.app_session)
-        verified = rt.verify_app_token(token, app.aud)
+        # The app token is usually the very cookie just verified: its verification stands.
+        verified = (
+            signin.verified if token == signin.token else rt.verify_app_token(token, app.aud)
+        )
         claims = dict(verified.claims) if verified is not None else None
         request.headers.append((app.spec.header_name.encode("ascii"), token.encode("ascii")))
         if identity.email:
@@ -272,7 +277,7 @@ class AccessGate:
                 email=session.identity.email, aud=app.aud, created_at=session.created_at
             ):
                 continue
-            return _Signin(session, app_session)
+            return _Signin(session, app_session, value, verified)
         return None
 
     def _session_check(

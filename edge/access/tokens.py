@@ -243,6 +243,9 @@ class KeyRing:
         rotation_period: float = DEFAULT_ROTATION_PERIOD,
     ) -> None:
         self._keys: list[SigningKey] = list(keys)
+        # ``active`` is read for every token minted: remembered for the list it was found in
+        # (every change of the keys assigns a new list).
+        self._active: tuple[list[SigningKey], SigningKey] | None = None
         self.overlap = overlap
         self.rotation_period = rotation_period
 
@@ -266,21 +269,28 @@ class KeyRing:
 
     @property
     def active(self) -> SigningKey:
+        remembered = self._active
+        if remembered is not None and remembered[0] is self._keys:
+            return remembered[1]
         candidates = [key for key in self._keys if key.not_after is None]
         if not candidates:
             raise KeyRingError("no active signing key: run key rotation")
-        return max(candidates, key=lambda key: (key.created_at, key.kid))
+        active = max(candidates, key=lambda key: (key.created_at, key.kid))
+        self._active = (self._keys, active)
+        return active
 
     def generate_key(self, algorithm: Algorithm, *, now: float) -> SigningKey:
         """Add a new active key; any previous active key enters its overlap period."""
         new_key = SigningKey.generate(algorithm, now=now)
         retire_at = now + self.overlap
         self._keys = [
-            key if key.not_after is not None else replace(key, not_after=retire_at)
-            for key in self._keys
-            if key.published_at(now)
+            *(
+                key if key.not_after is not None else replace(key, not_after=retire_at)
+                for key in self._keys
+                if key.published_at(now)
+            ),
+            new_key,
         ]
-        self._keys.append(new_key)
         logger.info("signing key %s (%s) is now active", new_key.kid, algorithm)
         return new_key
 
@@ -387,7 +397,7 @@ class TokenMinter:
             expires_at = min(expires_at, session_expires_at)
         if (
             cached is not None
-            and cached.identity == identity
+            and (cached.identity is identity or cached.identity == identity)
             and cached.identity_nonce == identity_nonce
             and cached.kid == active.kid
             and cached.lifetime == lifetime
