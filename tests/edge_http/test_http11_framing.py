@@ -151,24 +151,24 @@ async def test_remembered_response_headers_are_written_as_checked_and_stay_bound
 
 
 def test_remembered_request_lines_parse_alike_and_stay_bounded() -> None:
-    from edge import http11
+    from edge import request_head
     from edge.canonical import BadRequest
 
     head = b"GET / HTTP/1.1\r\nHost: app\r\nX-Pad: v \t\r\n\r\n"
     for _ in range(2):  # the second head is parsed from the table of lines seen
-        assert http11._parse_head(head) == (
+        assert request_head.parse_head(head) == (
             "GET", b"/", "1.1", [(b"Host", b"app"), (b"X-Pad", b"v")]
         )
     # A bad line is refused every time, however many good lines were remembered.
     for _ in range(2):
         with pytest.raises(BadRequest):
-            http11._parse_head(b"GET / HTTP/1.1\r\nHost: app\r\nBad Name: v\r\n\r\n")
-    long_line = b"X-Long: " + b"x" * http11._PARSED_LINE_MAX
-    http11._parse_head(b"GET / HTTP/1.1\r\n" + long_line + b"\r\n\r\n")
-    assert long_line not in http11._PARSED_LINES
-    for n in range(http11._PARSED_LINES_MAX + 10):
-        http11._parse_head(b"GET / HTTP/1.1\r\nX-N: %d\r\n\r\n" % n)
-    assert len(http11._PARSED_LINES) <= http11._PARSED_LINES_MAX
+            request_head.parse_head(b"GET / HTTP/1.1\r\nHost: app\r\nBad Name: v\r\n\r\n")
+    long_line = b"X-Long: " + b"x" * request_head._PARSED_LINE_MAX
+    request_head.parse_head(b"GET / HTTP/1.1\r\n" + long_line + b"\r\n\r\n")
+    assert long_line not in request_head._PARSED_LINES
+    for n in range(request_head._PARSED_LINES_MAX + 10):
+        request_head.parse_head(b"GET / HTTP/1.1\r\nX-N: %d\r\n\r\n" % n)
+    assert len(request_head._PARSED_LINES) <= request_head._PARSED_LINES_MAX
 
 
 async def test_headers_a_response_names_in_connection_are_dropped_even_when_invalid() -> None:
