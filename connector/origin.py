@@ -406,28 +406,24 @@ def _head_headers(response: ResponseHead, *, keep_all: bool = False) -> list[tup
 _PAIR_MEMO_ENTRIES = 2048
 _PAIR_MEMO_BYTES = 2048
 _REQUEST_PAIRS: BoundedMemo[tuple[str, str], tuple[str, tuple[bytes, bytes]]] = BoundedMemo(
-    _PAIR_MEMO_ENTRIES
+    _PAIR_MEMO_ENTRIES, _PAIR_MEMO_BYTES
 )
 _RESPONSE_PAIRS: BoundedMemo[tuple[bytes, bytes], tuple[tuple[str, str], bool]] = BoundedMemo(
-    _PAIR_MEMO_ENTRIES
+    _PAIR_MEMO_ENTRIES, _PAIR_MEMO_BYTES
 )
 
 
 def _request_pair(name: str, value: str) -> tuple[str, tuple[bytes, bytes]]:
     """A head's header: its lower-case name, and the pair as the origin gets it."""
     converted = (name.lower(), (name.encode("latin-1"), value.encode("latin-1")))
-    if type(name) is type(value) is str and len(name) + len(value) <= _PAIR_MEMO_BYTES:
-        _REQUEST_PAIRS.remember((name, value), converted)
-    return converted
+    return _REQUEST_PAIRS.remember((name, value), converted, len(name) + len(value))
 
 
 def _response_pair(name: bytes, value: bytes) -> tuple[tuple[str, str], bool]:
     """An origin's header as the tunnel head carries it, and whether it is hop-by-hop."""
     converted = ((name.decode("latin-1"), value.decode("latin-1")),
                  name.lower() in HOP_BY_HOP_BYTES)
-    if len(name) + len(value) <= _PAIR_MEMO_BYTES:
-        _RESPONSE_PAIRS.remember((name, value), converted)
-    return converted
+    return _RESPONSE_PAIRS.remember((name, value), converted, len(name) + len(value))
 
 
 async def _forward_response(stream: TunnelStreamLike, conn: OriginConnection,

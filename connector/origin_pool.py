@@ -102,7 +102,7 @@ def encode_request_head(method: bytes, target: bytes, headers: list[tuple[bytes,
 _CHECKED_LINES_MAX = 1024
 _CHECKED_LINE_MAX = 2048
 _CHECKED_REQUEST_LINES: BoundedMemo[tuple[bytes, bytes], bytes] = BoundedMemo(
-    _CHECKED_LINES_MAX
+    _CHECKED_LINES_MAX, _CHECKED_LINE_MAX
 )
 
 
@@ -112,10 +112,8 @@ def _request_header_line(name: bytes, value: bytes) -> bytes:
         raise InvalidRequest(f"bad header name {name!r}")
     if _FIELD_VALUE.fullmatch(stripped) is None:
         raise InvalidRequest(f"bad value for header {name!r}")
-    line = name + b": " + stripped
-    if len(line) <= _CHECKED_LINE_MAX and type(name) is bytes and type(value) is bytes:
-        _CHECKED_REQUEST_LINES.remember((name, value), line)
-    return line
+    return _CHECKED_REQUEST_LINES.remember((name, value), name + b": " + stripped,
+                                           len(name) + len(value))
 
 
 @dataclass(slots=True)
@@ -129,7 +127,9 @@ class ResponseHead:
 
 # Origins repeat their response header lines (Server, Content-Type...): a short line parsed
 # once is looked up afterwards. Bounded like the request lines.
-_PARSED_RESPONSE_LINES: BoundedMemo[bytes, tuple[bytes, bytes]] = BoundedMemo(_CHECKED_LINES_MAX)
+_PARSED_RESPONSE_LINES: BoundedMemo[bytes, tuple[bytes, bytes]] = BoundedMemo(
+    _CHECKED_LINES_MAX, _CHECKED_LINE_MAX
+)
 
 
 def _comma_tokens(value: bytes) -> list[bytes]:
@@ -276,10 +276,7 @@ class OriginConnection:
         if parsed is None:
             raise self._broken(f"origin sent a bad header line {line[:80]!r}")
         name, value = parsed.groups()
-        header = (name, value.rstrip(b" \t"))
-        if len(raw) <= _CHECKED_LINE_MAX:
-            _PARSED_RESPONSE_LINES.remember(raw, header)
-        return header
+        return _PARSED_RESPONSE_LINES.remember(raw, (name, value.rstrip(b" \t")), len(raw))
 
     def _frame_body(self, head: ResponseHead, head_request: bool) -> None:
         status = head.status

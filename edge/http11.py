@@ -269,46 +269,45 @@ class _ClientConnection:
     async def _read_head(self, first: bool) -> int | None:
         """Wait for a complete, well-formed head in the buffer; its end, None if the client left.
 
-        A deadline that passes cancels the connection's waiting scope (see ``run``)."""
-        waiting = self._waiting
-        try:
-            return await self._wait_for_head(first, waiting)
-        finally:
-            if waiting.deadline != math.inf:
-                waiting.deadline = math.inf
-
-    async def _wait_for_head(self, first: bool, waiting: trio.CancelScope) -> int | None:
-        io, limits = self._io, self._limits
+        A deadline that passes cancels the connection's waiting scope (see ``run``); it is
+        infinite again whenever this returns or raises."""
+        io, limits, waiting = self._io, self._limits, self._waiting
         now = trio.current_time()
         idle_deadline = now + (limits.header_timeout if first else limits.idle_timeout)
         head_deadline: float | None = now + limits.header_timeout if first else None
         search_from = 0
-        while True:
-            while io.buffer.startswith(b"\r\n"):
-                del io.buffer[:2]
-                search_from = 0
-            if io.buffer:
-                if head_deadline is None:
-                    head_deadline = trio.current_time() + limits.header_timeout
-                end = find_head_end(io.buffer, search_from)
-                if end is not None:
-                    if end > limits.max_header_bytes:
+        try:
+            while True:
+                while io.buffer.startswith(b"\r\n"):
+                    del io.buffer[:2]
+                    search_from = 0
+                if io.buffer:
+                    if head_deadline is None:
+                        head_deadline = trio.current_time() + limits.header_timeout
+                    end = find_head_end(io.buffer, search_from)
+                    if end is not None:
+                        if end > limits.max_header_bytes:
+                            raise HeadersTooLarge("the request head is too large")
+                        # Bare CR or LF and obs-fold never reach a handler either: parse_head
+                        # splits lines on CRLF only and accepts no line that is not a token, a
+                        # colon and a control-free value.
+                        if io.buffer.count(b"\n", 0, end) - 2 > limits.max_headers:
+                            raise HeadersTooLarge("too many request headers")
+                        return end
+                    if len(io.buffer) > limits.max_header_bytes:
                         raise HeadersTooLarge("the request head is too large")
-                    # Bare CR or LF and obs-fold never reach a handler either: parse_head
-                    # splits lines on CRLF only and accepts no line that is not a token, a
-                    # colon and a control-free value.
-                    if io.buffer.count(b"\n", 0, end) - 2 > limits.max_headers:
-                        raise HeadersTooLarge("too many request headers")
-                    return end
-                if len(io.buffer) > limits.max_header_bytes:
-                    raise HeadersTooLarge("the request head is too large")
-                search_from = max(0, len(io.buffer) - 3)
-            if io.eof:
-                return None
-            deadline = head_deadline if io.buffer and head_deadline is not None else idle_deadline
-            if waiting.deadline != deadline:
-                waiting.deadline = deadline
-            io.buffer += await io.receive()
+                    search_from = max(0, len(io.buffer) - 3)
+                if io.eof:
+                    return None
+                deadline = (
+                    head_deadline if io.buffer and head_deadline is not None else idle_deadline
+                )
+                if waiting.deadline != deadline:
+                    waiting.deadline = deadline
+                io.buffer += await io.receive()
+        finally:
+            if waiting.deadline != math.inf:
+                waiting.deadline = math.inf
 
     # --- one request -----------------------------------------------------------------------
 

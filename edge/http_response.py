@@ -22,6 +22,7 @@ import trio
 
 from edge.forwarding import header_tokens, normalise_header_name
 from edge.pages import render_error, wants_json
+from tunnel.bounded_memo import BoundedMemo
 
 if TYPE_CHECKING:
     from edge.http_messages import ClientIO, IncomingRequest, RequestBody
@@ -152,11 +153,9 @@ class ResponseWriter:
         connection_seen = False
         for name, value in headers:
             try:
-                checked = known((name, value))
+                checked = known((name, value)) or _check_and_remember(name, value)
             except TypeError:  # bytearray or memoryview: not hashable, never remembered
-                checked = None
-            if checked is None:
-                checked = _checked_header(name, value)
+                checked = _check_header(bytes(name), bytes(value))
             normalised, line = checked
             if normalised in _RESPONSE_HOP_BY_HOP or normalised in dropped:
                 connection_seen = connection_seen or normalised == b"connection"
@@ -289,27 +288,28 @@ _FIELD_VALUE = re.compile(
 _STATUS_LINES: dict[int, bytes] = {}
 # Origins repeat their response headers (Server, Content-Type, Cache-Control...): a header
 # checked once is not checked again. Bounded; a full table starts over.
-_CHECKED_HEADERS: dict[tuple[bytes, bytes], tuple[bytes, bytes | None]] = {}
 _CHECKED_HEADERS_MAX = 4096
 _CHECKED_VALUE_MAX = 256
+_CHECKED_HEADERS: BoundedMemo[tuple[bytes, bytes], tuple[bytes, bytes | None]] = BoundedMemo(
+    _CHECKED_HEADERS_MAX, _CHECKED_VALUE_MAX
+)
 
 
 def _checked_header(name: bytes, value: bytes) -> tuple[bytes, bytes | None]:
     """The normalised name, and the ``name: value`` line of a valid header or None for one
-    that could split or smuggle (a non-token name, a control byte in the value)."""
-    key = (name, value)
+    that could split or smuggle (a non-token name, a control byte in the value); a header
+    checked before comes from the table."""
     try:
-        return _CHECKED_HEADERS[key]
-    except KeyError:
-        pass
-    except TypeError:  # bytearray or memoryview: not hashable, never cached
+        checked = _CHECKED_HEADERS.get((name, value))
+    except TypeError:  # bytearray or memoryview: not hashable, never remembered
         return _check_header(bytes(name), bytes(value))
-    checked = _check_header(name, value)
-    if len(name) + len(value) <= _CHECKED_VALUE_MAX:
-        if len(_CHECKED_HEADERS) >= _CHECKED_HEADERS_MAX:
-            _CHECKED_HEADERS.clear()
-        _CHECKED_HEADERS[key] = checked
-    return checked
+    return checked if checked is not None else _check_and_remember(name, value)
+
+
+def _check_and_remember(name: bytes, value: bytes) -> tuple[bytes, bytes | None]:
+    return _CHECKED_HEADERS.remember(
+        (name, value), _check_header(name, value), len(name) + len(value)
+    )
 
 
 def _check_header(name: bytes, value: bytes) -> tuple[bytes, bytes | None]:

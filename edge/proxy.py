@@ -385,27 +385,25 @@ class Proxy:
 _PAIR_MEMO_ENTRIES = 2048
 _PAIR_MEMO_BYTES = 2048
 _HEAD_PAIRS: BoundedMemo[tuple[bytes, bytes], tuple[str, str]] = BoundedMemo(
-    _PAIR_MEMO_ENTRIES
+    _PAIR_MEMO_ENTRIES, _PAIR_MEMO_BYTES
 )
 _RESPONSE_PAIRS: BoundedMemo[tuple[str, str], tuple[bytes, bytes, str]] = BoundedMemo(
-    _PAIR_MEMO_ENTRIES
+    _PAIR_MEMO_ENTRIES, _PAIR_MEMO_BYTES
 )
 
 
 def _head_pair(name: bytes, value: bytes) -> tuple[str, str]:
     """A request header as the tunnel head carries it (names shared among heads)."""
     pair = (shared_name(name.decode("latin-1")), value.decode("latin-1"))
-    if len(name) + len(value) <= _PAIR_MEMO_BYTES and type(name) is type(value) is bytes:
-        _HEAD_PAIRS.remember((name, value), pair)
-    return pair
+    return _HEAD_PAIRS.remember((name, value), pair, len(name) + len(value))
 
 
 def _response_pair(name: object, value: object) -> tuple[bytes, bytes, str]:
     """A response header from the tunnel head: its bytes, and its lower-case name."""
     text_name, text_value = str(name), str(value)
     pair = (text_name.encode("latin-1"), text_value.encode("latin-1"), text_name.lower())
-    if type(name) is type(value) is str and len(text_name) + len(text_value) <= _PAIR_MEMO_BYTES:
-        _RESPONSE_PAIRS.remember((text_name, text_value), pair)
+    if type(name) is type(value) is str:  # else the text is not what a lookup would find
+        _RESPONSE_PAIRS.remember((name, value), pair, len(name) + len(value))
     return pair
 
 

@@ -62,7 +62,9 @@ def parse_head(head: bytes) -> tuple[str, bytes, str, list[tuple[bytes, bytes]]]
 # once is looked up afterwards. Bounded; a full table starts over.
 _PARSED_LINES_MAX = 1024
 _PARSED_LINE_MAX = 2048
-_PARSED_LINES: BoundedMemo[bytes, tuple[bytes, bytes]] = BoundedMemo(_PARSED_LINES_MAX)
+_PARSED_LINES: BoundedMemo[bytes, tuple[bytes, bytes]] = BoundedMemo(
+    _PARSED_LINES_MAX, _PARSED_LINE_MAX
+)
 
 
 def _parse_header_line(line: bytes) -> tuple[bytes, bytes]:
@@ -71,4 +73,4 @@ def _parse_header_line(line: bytes) -> tuple[bytes, bytes]:
         raise BadRequest("malformed request: bad header line")
     name, value = parsed.groups()
     header = (name, value.rstrip(b" \t"))
-    return _PARSED_LINES.remember(line, header) if len(line) <= _PARSED_LINE_MAX else header
+    return _PARSED_LINES.remember(line, header, len(line))

@@ -6,8 +6,8 @@ The objects that use this (the edge's client connection, the connector's origin 
 the tunnel transport) are the only reader of their socket and serialise their own writes, so
 none of that protection is needed. Waiting for readability stays the scheduling point; reads
 whose bytes were already there yield every few reads, so a peer that keeps the buffer full
-cannot starve the other tasks. A write is tried once without waiting; the caller sends what is left through
-its stream, under its own timeout.
+cannot starve the other tasks. A write is tried once without waiting; the caller sends what
+is left through its stream, under its own timeout.
 
 Errors are the ones ``os.read``, ``os.write`` and ``trio.lowlevel.wait_readable`` raise:
 ``OSError`` when the connection broke, ``trio.ClosedResourceError`` when another task closed

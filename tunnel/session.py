@@ -164,7 +164,6 @@ class TunnelSession:
         self._registration_answer: Registered | Refused | None = None
         self._register_received = trio.Event()
         self._register_info: RegisterInfo | None = None
-        self._nursery: trio.Nursery | None = None
         self._workers: StreamWorkers[TunnelStream] | None = None
         self._running = False
         self._last_inbound = 0.0
@@ -376,7 +375,7 @@ class TunnelSession:
         self.kick_writer()
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                self._workers = StreamWorkers(nursery, self._serve_stream)
                 nursery.start_soon(self._write_loop)
                 nursery.start_soon(self._read_loop)
                 nursery.start_soon(self._heartbeat_loop)
@@ -553,14 +552,12 @@ class TunnelSession:
 
     def _on_stream_opened(self, event: StreamOpened) -> None:
         stream_id = event.stream_id
-        if self._handle_stream is None or self._nursery is None or self._draining:
+        if self._handle_stream is None or self._workers is None or self._draining:
             self.connection.reset_stream(stream_id, ErrorCode.REFUSED_STREAM)
             return
         stream = TunnelStream(self, stream_id, event.head, remote_ended=event.end_stream)
         self._streams[stream_id] = stream
         self.counters.streams_total += 1
-        if self._workers is None:
-            self._workers = StreamWorkers(self._nursery, self._serve_stream)
         self._workers.start(stream)
 
     async def _serve_stream(self, stream: TunnelStream) -> None:

@@ -110,14 +110,12 @@ def cookie_values(header_values: Iterable[str | bytes], name: str) -> list[str]:
 _PAIRS_SEEN_MAX = 1024
 _PAIRS_HEADER_MAX = 8192
 _PAIRS_SEEN: BoundedMemo[str | bytes, tuple[tuple[str, str], ...]] = BoundedMemo(
-    _PAIRS_SEEN_MAX
+    _PAIRS_SEEN_MAX, _PAIRS_HEADER_MAX
 )
 
 
 def _header_pairs(header: str | bytes) -> tuple[tuple[str, str], ...]:
     pairs = _PAIRS_SEEN.get(header)
     if pairs is None:
-        pairs = tuple(_cookie_pairs([header]))
-        if len(header) <= _PAIRS_HEADER_MAX:
-            _PAIRS_SEEN.remember(header, pairs)
+        pairs = _PAIRS_SEEN.remember(header, tuple(_cookie_pairs([header])), len(header))
     return pairs

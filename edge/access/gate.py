@@ -110,9 +110,8 @@ def _strip_cookie_pairs(value: bytes, ours: frozenset[str]) -> bytes:
     key = (value, ours)
     stripped = _STRIPPED_SEEN.get(key)
     if stripped is None:
-        stripped = _strip_cookie_pairs_uncached(value, ours)
-        if len(value) <= _STRIPPED_HEADER_MAX:
-            _STRIPPED_SEEN.remember(key, stripped)
+        stripped = _STRIPPED_SEEN.remember(key, _strip_cookie_pairs_uncached(value, ours),
+                                           len(value))
     return stripped
 
 
@@ -121,7 +120,7 @@ def _strip_cookie_pairs(value: bytes, ours: frozenset[str]) -> bytes:
 _STRIPPED_SEEN_MAX = 1024
 _STRIPPED_HEADER_MAX = 8192
 _STRIPPED_SEEN: BoundedMemo[tuple[bytes, frozenset[str]], bytes] = BoundedMemo(
-    _STRIPPED_SEEN_MAX
+    _STRIPPED_SEEN_MAX, _STRIPPED_HEADER_MAX
 )
 
 

@@ -92,15 +92,13 @@ def _client_address(text: str) -> IPAddress:
             address = ipaddress.ip_address(text.strip("[]"))
         except ValueError:
             address = ipaddress.IPv4Address(0)
-        if len(text) <= _ADDRESS_TEXT_MAX:
-            _ADDRESSES.remember(text, address)
+        _ADDRESSES.remember(text, address, len(text))
     return address
 
 
 # Parsing an address costs more than the policy check that reads it, and clients come back:
 # the addresses seen are remembered (bounded).
-_ADDRESSES: BoundedMemo[str, IPAddress] = BoundedMemo(4096)
-_ADDRESS_TEXT_MAX = 64
+_ADDRESSES: BoundedMemo[str, IPAddress] = BoundedMemo(4096, 64)
 
 
 def client_facts(request: IncomingRequest, path: str | None = None) -> RequestFacts:
