@@ -54,7 +54,7 @@ def test_request_and_response_flow_both_ways_then_close() -> None:
     assert stream_id == 1
     edge.send_data(stream_id, b"request body", end_stream=True)
     assert deliver(edge, connector) == [
-        StreamOpened(1, request, False),
+        StreamOpened(1, {**request, "headers": [("a", "b")]}, False),
         DataReceived(1, b"request body", True),
     ]
     connector.send_head(stream_id, {"status": 201, "headers": []})

@@ -75,6 +75,7 @@ limits = st.builds(
     max_concurrent_streams=st.integers(0, 2**31 - 1),
     initial_window=st.integers(1, 2**31 - 1),
     max_header_block=st.integers(1024, 1 << 24),
+    header_table_size=st.integers(0, 1 << 24),
 )
 text = st.text(max_size=40)
 

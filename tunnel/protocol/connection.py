@@ -22,6 +22,9 @@ to send; the driver moves the bytes. Rules it enforces:
   and refusing from the frame header keeps the payload out of memory.
 * A new stream beyond ``max_concurrent_streams`` is reset with TOO_MANY_STREAMS;
   after this side sent GOAWAY, new streams are reset with REFUSED_STREAM.
+* A head's header pairs may be indexed (``tunnel.protocol.header_table``): every HEAD is
+  decoded, including those of streams that are refused or already gone, so both sides' tables
+  see the same insertions in the same order.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ from .frames import (
     encode_register,
     encode_registered,
 )
+from .header_table import IncomingHeaderTable, OutgoingHeaderTable
 from .limits import DEFAULT_LIMITS, MAX_WINDOW, Limits
 
 _DATA = FrameType.DATA
@@ -129,6 +133,8 @@ class TunnelConnection:
         self._local_goaway = False
         self._remote_goaway = False
         self._error: ProtocolError | None = None
+        self._headers_in = IncomingHeaderTable(limits.header_table_size)
+        self._headers_out = OutgoingHeaderTable(0)  # sized by the peer's HELLO
         self._queue(FrameType.HELLO, 0, 0, encode_hello(limits))
 
     # -- state -----------------------------------------------------------------------
@@ -231,6 +237,11 @@ class TunnelConnection:
         self._queue(FrameType.REFUSED, 0, 0, encode_refused(code, message, permanent))
 
     def _encode_head(self, head: Head) -> bytes:
+        headers = head.get("headers")
+        inserted = None
+        if headers:
+            wire, inserted = self._headers_out.encode(headers)
+            head = {**head, "headers": wire}
         payload = encode_json(head)
         peer = self._peer()
         limit = min(peer.max_header_block, peer.max_frame_size)
@@ -240,7 +251,16 @@ class TunnelConnection:
             raise LocalProtocolError(
                 ErrorCode.HEAD_TOO_LARGE, f"head of {len(payload)} bytes exceeds the peer's {limit}"
             )
+        if inserted:
+            self._headers_out.commit(inserted)
         return payload
+
+    def _decode_head(self, payload: bytes) -> Head:
+        head = decode_json_object(payload, "HEAD")
+        headers = head.get("headers")
+        if type(headers) is list:
+            head["headers"] = self._headers_in.resolve(headers)
+        return head
 
     def open_stream(self, head: Head, end_stream: bool = False) -> int:
         """Open a stream with its request head (edge only); returns the new stream id."""
@@ -472,11 +492,11 @@ class TunnelConnection:
             self._handle_new_stream(frame, end_stream, events)
             return
         stream = self._known_stream(stream_id, "HEAD")
+        if stream is not None and stream.head_received:
+            raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"second HEAD on stream {stream_id}")
+        head = self._decode_head(frame.payload)  # even when dropped: its indexed headers count
         if stream is None:
             return
-        if stream.head_received:
-            raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"second HEAD on stream {stream_id}")
-        head = decode_json_object(frame.payload, "HEAD")
         stream.head_received = True
         if end_stream:
             self._ended_remotely(stream_id, stream)
@@ -491,6 +511,7 @@ class TunnelConnection:
                 ErrorCode.PROTOCOL_ERROR, f"stream id {stream_id} is not odd and increasing"
             )
         self._highest_stream_id = stream_id
+        head = self._decode_head(frame.payload)  # even when refused: its indexed headers count
         refusal = None
         if self._local_goaway:
             refusal = ErrorCode.REFUSED_STREAM
@@ -499,7 +520,6 @@ class TunnelConnection:
         if refusal is not None:
             self._queue(FrameType.RESET, 0, stream_id, U32.pack(refusal))
             return
-        head = decode_json_object(frame.payload, "HEAD")
         assert self.peer_limits is not None
         stream = _Stream(self.peer_limits.initial_window, self.limits.initial_window)
         stream.head_received = True
@@ -538,6 +558,7 @@ class TunnelConnection:
             raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"unsupported protocol version {version}")
         self.peer_limits = settings
         self.peer_version = version
+        self._headers_out = OutgoingHeaderTable(settings.header_table_size)
         events.append(HelloReceived(version, settings))
 
     def _handle_register(self, frame: Frame, events: list[Event]) -> None:

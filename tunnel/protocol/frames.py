@@ -210,6 +210,8 @@ def shared_name(name: str) -> str:
 
 
 def decode_json_object(payload: bytes, what: str) -> dict[str, Any]:
+    """A JSON object whose keys are shared with other decoded objects (``shared_name``); a
+    head's header pairs are the header table's business (``header_table``)."""
     try:
         value = _parse_json(payload.decode("utf-8"))
     except (ValueError, RecursionError):
@@ -218,14 +220,7 @@ def decode_json_object(payload: bytes, what: str) -> dict[str, Any]:
         raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"{what} is not a JSON object")
     # The table's own lookup first: one C call for a name seen before (nearly all of them).
     known = _shared_names.get
-    value = {known(key) or shared_name(key): item for key, item in value.items()}
-    headers = value.get("headers")
-    if type(headers) is list:
-        for header in headers:
-            if type(header) is list and header and type(header[0]) is str:
-                name = header[0]
-                header[0] = known(name) or shared_name(name)
-    return value
+    return {known(key) or shared_name(key): item for key, item in value.items()}
 
 
 def _field(obj: dict[str, Any], name: str, kind: type, what: str) -> Any:
@@ -233,6 +228,11 @@ def _field(obj: dict[str, Any], name: str, kind: type, what: str) -> Any:
     if type(value) is not kind:
         raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"{what}.{name} must be a {kind.__name__}")
     return value
+
+
+OPTIONAL_HELLO_LIMITS = {"header_table_size": 0}
+"""Limits a peer may leave out of its HELLO, and what leaving one out means (a peer from before
+the header table keeps none, so nothing is indexed toward it)."""
 
 
 def encode_hello(limits: Limits, version: int = PROTOCOL_VERSION) -> bytes:
@@ -244,7 +244,13 @@ def decode_hello(payload: bytes) -> tuple[int, Limits]:
         raise ProtocolError(ErrorCode.PROTOCOL_ERROR, "HELLO lacks the protocol magic")
     _, version = HELLO_PREFIX.unpack_from(payload)
     settings = decode_json_object(payload[HELLO_PREFIX.size :], "HELLO")
-    values = {name: _field(settings, name, int, "HELLO") for name in Limits().as_json()}
+    values = {
+        name: _field(settings, name, int, "HELLO")
+        for name in Limits().as_json()
+        if name not in OPTIONAL_HELLO_LIMITS or name in settings
+    }
+    for name, absent in OPTIONAL_HELLO_LIMITS.items():
+        values.setdefault(name, absent)
     try:
         limits = Limits(**values)
     except ValueError as error:

@@ -33,6 +33,8 @@ class Limits:
     max_concurrent_streams: streams the peer may have open here at one time.
     initial_window: per-stream credit, in bytes of DATA the peer may send unacknowledged.
     max_header_block: largest HEAD payload (its JSON), in bytes.
+    header_table_size: room for header pairs the peer may index here, in bytes of names and
+        values plus 32 per entry (``tunnel.protocol.header_table``); 0 turns indexing off.
     max_window: the most credit a stream grows to while its reader keeps up (local only).
     """
 
@@ -40,6 +42,7 @@ class Limits:
     max_concurrent_streams: int = 16384
     initial_window: int = 262144
     max_header_block: int = 65536
+    header_table_size: int = 65536
     max_window: int = field(default=1048576, compare=False)  # local: not in HELLO or ==
 
     def __post_init__(self) -> None:
@@ -54,6 +57,7 @@ class Limits:
             ("max_concurrent_streams", self.max_concurrent_streams, 0, MAX_STREAMS),
             ("initial_window", self.initial_window, 1, MAX_WINDOW),
             ("max_header_block", self.max_header_block, MIN_FRAME_SIZE, MAX_FRAME_SIZE),
+            ("header_table_size", self.header_table_size, 0, MAX_FRAME_SIZE),
             ("max_window", self.max_window, 1, MAX_WINDOW),
         )
         for name, value, low, high in checks:
@@ -68,6 +72,7 @@ class Limits:
             "initial_window": self.initial_window,
             "max_concurrent_streams": self.max_concurrent_streams,
             "max_header_block": self.max_header_block,
+            "header_table_size": self.header_table_size,
         }
 
 
