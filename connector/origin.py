@@ -38,6 +38,7 @@ import trio
 
 from connector.access import AccessVerificationError, AssertionVerifier
 from connector.errors import ErrorCode, OriginError, OriginTimeout, OriginUnreachable
+from connector.head_timeouts import HeadTimeouts, HeadWait
 from connector.ingress import (
     HelloWorldService,
     HttpService,
@@ -53,7 +54,6 @@ from connector.origin_pool import (
     OriginConnection,
     OriginPool,
     ResponseHead,
-    deadline_after,
     encode_request_head,
     idle_connection_alive,
 )
@@ -118,17 +118,20 @@ def _idle_connection_alive_now(stream: trio.abc.Stream) -> bool:
 class _Exchange:
     """What the two halves of one forwarded request tell each other."""
 
-    __slots__ = ("error", "request_done")
+    __slots__ = ("error", "head_read", "head_wait", "request_done")
 
     def __init__(self) -> None:
         self.error: BaseException | None = None
         self.request_done = False
+        self.head_read = False
+        self.head_wait: HeadWait | None = None
 
 
 class OriginDispatcher:
     """Serves tunnel streams per the ingress table; owns the origin connection pool.
 
-    Close it (``aclose`` or ``async with``) to close idle origin connections.
+    Use it as ``async with``: that runs the task that times out late response heads
+    (``connector.head_timeouts``) and, on the way out, closes idle origin connections.
     """
 
     def __init__(self, table: IngressTable, *,
@@ -136,12 +139,20 @@ class OriginDispatcher:
         self.table = table
         self.pool = OriginPool(clock, idle_check=_idle_connection_alive_now)
         self.access = AssertionVerifier()
+        self.head_timeouts = HeadTimeouts(clock)
+        self._tasks = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> OriginDispatcher:
+        nursery = await self._tasks.enter_async_context(trio.open_nursery())
+        self._tasks.callback(nursery.cancel_scope.cancel)
+        nursery.start_soon(self.head_timeouts.run)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+        try:
+            await self.aclose()
+        finally:
+            await self._tasks.aclose()
 
     async def aclose(self) -> None:
         await self.pool.aclose()
@@ -240,6 +251,7 @@ class OriginDispatcher:
         except InvalidRequest as exc:
             raise StreamAbort(ErrorCode.PROTOCOL_ERROR, f"bad request head: {exc}") from None
         head_request = method == b"HEAD"
+        timeouts = self.head_timeouts
         for attempt in (1, 2):
             conn = await self.pool.acquire(service, options)
             try:
@@ -247,17 +259,19 @@ class OriginDispatcher:
                     try:
                         await conn.send(request_head)
                         conn.request_done = True
-                        deadline = deadline_after(options.response_header_timeout)
-                        with trio.CancelScope(deadline=deadline) as head_wait:
+                        wait = timeouts.start(conn, options.response_header_timeout)
+                        try:
                             response = await _read_response_head(
                                 conn, head_request=head_request, allow_101=websocket)
+                        finally:
+                            timeouts.finish(wait)
                     except OriginUnreachable:
+                        if conn.head_timed_out:
+                            raise _response_timeout(service, options) from None
                         if attempt == 1 and conn.reused and not conn.received_any:
                             await self.pool.discard(conn)
                             continue
                         raise
-                    if head_wait.cancelled_caught:
-                        raise _response_timeout(service, options)
                     if websocket and response.status == 101:
                         conn.reusable = False
                         await stream.send_head({"status": 101,
@@ -281,16 +295,21 @@ class OriginDispatcher:
                                   service: HttpService, options: OriginRequest) -> None:
         await conn.send(request_head)
         exchange = _Exchange()
-        head_wait = trio.CancelScope()
+        timeouts = self.head_timeouts
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_pump_request_body, stream, conn, first_chunk, declared_length,
-                               exchange, head_wait, options.response_header_timeout,
+                               exchange, timeouts, options.response_header_timeout,
                                nursery.cancel_scope)
             try:
-                with head_wait:
+                try:
                     response = await _read_response_head(conn, head_request=head_request)
-                if head_wait.cancelled_caught:
-                    raise _response_timeout(service, options)
+                except OriginUnreachable:
+                    if conn.head_timed_out:
+                        raise _response_timeout(service, options) from None
+                    raise
+                finally:
+                    exchange.head_read = True
+                    timeouts.finish(exchange.head_wait)
                 await _forward_response(stream, conn, response)
             except (OriginError, *TUNNEL_ERRORS) as exc:
                 exchange.error = exc
@@ -447,7 +466,7 @@ async def _forward_response(stream: TunnelStreamLike, conn: OriginConnection,
 
 async def _pump_request_body(stream: TunnelStreamLike, conn: OriginConnection,
                              first_chunk: bytes, declared_length: int | None,
-                             exchange: _Exchange, head_wait: trio.CancelScope,
+                             exchange: _Exchange, timeouts: HeadTimeouts,
                              response_header_timeout: float,
                              cancel_all: trio.CancelScope) -> None:
     left = declared_length
@@ -486,8 +505,9 @@ async def _pump_request_body(stream: TunnelStreamLike, conn: OriginConnection,
         conn.reusable = False
     finally:
         # Like Go's ResponseHeaderTimeout: the wait for the answer starts once the request
-        # is written, so a long upload is not cut short by it.
-        head_wait.deadline = deadline_after(response_header_timeout)
+        # is written, so a long upload is not cut short by it (nor an answer already read).
+        if not exchange.head_read:
+            exchange.head_wait = timeouts.start(conn, response_header_timeout)
 
 
 async def _relay(stream: TunnelStreamLike, origin: trio.abc.Stream, pending: bytes) -> None:

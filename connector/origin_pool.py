@@ -150,6 +150,7 @@ class OriginConnection:
         "_framing",
         "buffer",
         "eof",
+        "head_timed_out",
         "idle_since",
         "received_any",
         "request_done",
@@ -164,6 +165,7 @@ class OriginConnection:
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
         self.buffer = bytearray()
         self.eof = False
+        self.head_timed_out = False
         self.idle_since = 0.0
         self.reused = False
         self.received_any = False
@@ -203,10 +205,21 @@ class OriginConnection:
             self.reusable = False
             raise OriginUnreachable(f"origin connection broke while sending: {exc}") from exc
 
+    def time_out_head(self) -> None:
+        """The response head is late (connector.head_timeouts): wake a read waiting for it,
+        refuse further reads, never reuse the connection. The waiting exchange closes it."""
+        self.head_timed_out = True
+        self.reusable = False
+        sock = _socket_of(self.stream)
+        if sock is not None:
+            trio.lowlevel.notify_closing(sock)
+
     async def _fill(self) -> None:
         """Read more bytes into the buffer; at the end of the connection set ``eof``."""
         if self.eof:
             raise self._broken("origin closed the connection mid-exchange")
+        if self.head_timed_out:
+            raise self._broken("origin sent no response head in time")
         try:
             data = await self._receive(CHUNK)
         except _ORIGIN_IO_ERRORS as exc:
