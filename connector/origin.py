@@ -38,7 +38,6 @@ import trio
 
 from connector.access import AccessVerificationError, AssertionVerifier
 from connector.errors import ErrorCode, OriginError, OriginTimeout, OriginUnreachable
-from connector.head_timeouts import HeadTimeouts, HeadWait
 from connector.ingress import (
     HelloWorldService,
     HttpService,
@@ -58,6 +57,7 @@ from connector.origin_pool import (
     idle_connection_alive,
 )
 from tunnel.bounded_memo import BoundedMemo
+from tunnel.deadlines import DeadlineKeeper, Wait, deadline_keeper
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +124,14 @@ class _Exchange:
         self.error: BaseException | None = None
         self.request_done = False
         self.head_read = False
-        self.head_wait: HeadWait | None = None
+        self.head_wait: Wait | None = None
 
 
 class OriginDispatcher:
     """Serves tunnel streams per the ingress table; owns the origin connection pool.
 
-    Use it as ``async with``: that runs the task that times out late response heads
-    (``connector.head_timeouts``) and, on the way out, closes idle origin connections.
+    Close it (``aclose`` or ``async with``) to close idle origin connections. The wait for a
+    response head is timed by the run's deadline keeper (``tunnel.deadlines``).
     """
 
     def __init__(self, table: IngressTable, *,
@@ -139,20 +139,19 @@ class OriginDispatcher:
         self.table = table
         self.pool = OriginPool(clock, idle_check=_idle_connection_alive_now)
         self.access = AssertionVerifier()
-        self.head_timeouts = HeadTimeouts(clock)
-        self._tasks = contextlib.AsyncExitStack()
+        self._deadlines: DeadlineKeeper | None = None
+
+    @property
+    def deadlines(self) -> DeadlineKeeper:
+        if self._deadlines is None:
+            self._deadlines = deadline_keeper()
+        return self._deadlines
 
     async def __aenter__(self) -> OriginDispatcher:
-        nursery = await self._tasks.enter_async_context(trio.open_nursery())
-        self._tasks.callback(nursery.cancel_scope.cancel)
-        nursery.start_soon(self.head_timeouts.run)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        try:
-            await self.aclose()
-        finally:
-            await self._tasks.aclose()
+        await self.aclose()
 
     async def aclose(self) -> None:
         await self.pool.aclose()
@@ -251,7 +250,7 @@ class OriginDispatcher:
         except InvalidRequest as exc:
             raise StreamAbort(ErrorCode.PROTOCOL_ERROR, f"bad request head: {exc}") from None
         head_request = method == b"HEAD"
-        timeouts = self.head_timeouts
+        deadlines = self.deadlines
         for attempt in (1, 2):
             conn = await self.pool.acquire(service, options)
             try:
@@ -259,12 +258,12 @@ class OriginDispatcher:
                     try:
                         await conn.send(request_head)
                         conn.request_done = True
-                        wait = timeouts.start(conn, options.response_header_timeout)
+                        wait = deadlines.start(conn, options.response_header_timeout)
                         try:
                             response = await _read_response_head(
                                 conn, head_request=head_request, allow_101=websocket)
                         finally:
-                            timeouts.finish(wait)
+                            deadlines.finish(wait)
                     except OriginUnreachable:
                         if conn.head_timed_out:
                             raise _response_timeout(service, options) from None
@@ -295,10 +294,10 @@ class OriginDispatcher:
                                   service: HttpService, options: OriginRequest) -> None:
         await conn.send(request_head)
         exchange = _Exchange()
-        timeouts = self.head_timeouts
+        deadlines = self.deadlines
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_pump_request_body, stream, conn, first_chunk, declared_length,
-                               exchange, timeouts, options.response_header_timeout,
+                               exchange, deadlines, options.response_header_timeout,
                                nursery.cancel_scope)
             try:
                 try:
@@ -309,7 +308,7 @@ class OriginDispatcher:
                     raise
                 finally:
                     exchange.head_read = True
-                    timeouts.finish(exchange.head_wait)
+                    deadlines.finish(exchange.head_wait)
                 await _forward_response(stream, conn, response)
             except (OriginError, *TUNNEL_ERRORS) as exc:
                 exchange.error = exc
@@ -466,7 +465,7 @@ async def _forward_response(stream: TunnelStreamLike, conn: OriginConnection,
 
 async def _pump_request_body(stream: TunnelStreamLike, conn: OriginConnection,
                              first_chunk: bytes, declared_length: int | None,
-                             exchange: _Exchange, timeouts: HeadTimeouts,
+                             exchange: _Exchange, deadlines: DeadlineKeeper,
                              response_header_timeout: float,
                              cancel_all: trio.CancelScope) -> None:
     left = declared_length
@@ -507,7 +506,7 @@ async def _pump_request_body(stream: TunnelStreamLike, conn: OriginConnection,
         # Like Go's ResponseHeaderTimeout: the wait for the answer starts once the request
         # is written, so a long upload is not cut short by it (nor an answer already read).
         if not exchange.head_read:
-            exchange.head_wait = timeouts.start(conn, response_header_timeout)
+            exchange.head_wait = deadlines.start(conn, response_header_timeout)
 
 
 async def _relay(stream: TunnelStreamLike, origin: trio.abc.Stream, pending: bytes) -> None:

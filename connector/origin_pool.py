@@ -205,8 +205,8 @@ class OriginConnection:
             self.reusable = False
             raise OriginUnreachable(f"origin connection broke while sending: {exc}") from exc
 
-    def time_out_head(self) -> None:
-        """The response head is late (connector.head_timeouts): wake a read waiting for it,
+    def deadline_passed(self) -> None:
+        """The response head is late (``tunnel.deadlines``): wake a read waiting for it,
         refuse further reads, never reuse the connection. The waiting exchange closes it."""
         self.head_timed_out = True
         self.reusable = False

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -73,6 +72,7 @@ from edge.http_messages import (
 )
 from edge.pages import render_error, wants_json
 from edge.request_head import find_head_end, parse_head
+from tunnel.deadlines import deadline_keeper
 
 __all__ = [
     "BadRequest",
@@ -197,11 +197,17 @@ class _ClientConnection:
         self._upgraded = False
         self._relay: tuple[Relay, str] | None = None
         self._waiting = trio.CancelScope()
+        self._deadlines = deadline_keeper()
+
+    def deadline_passed(self) -> None:
+        """The header or idle timeout passed while the connection waited (tunnel.deadlines)."""
+        self._waiting.cancel()
 
     async def run(self) -> None:
-        # One cancel scope for the connection's life carries the header and idle deadlines:
-        # its deadline is set while the connection waits for a head and infinite otherwise.
-        # (A scope entered for every wait cost more than the rest of reading a head.)
+        # One cancel scope for the connection's life is cancelled when the header or idle
+        # timeout passes while the connection waits for a head; the run's deadline keeper
+        # times the waits. (A scope entered for every wait, or its deadline moved twice per
+        # request, cost more than the rest of reading a head.)
         with trio.CancelScope() as waiting:
             self._waiting = waiting
             await self._serve_requests()
@@ -269,12 +275,12 @@ class _ClientConnection:
     async def _read_head(self, first: bool) -> int | None:
         """Wait for a complete, well-formed head in the buffer; its end, None if the client left.
 
-        A deadline that passes cancels the connection's waiting scope (see ``run``); it is
-        infinite again whenever this returns or raises."""
-        io, limits, waiting = self._io, self._limits, self._waiting
-        now = trio.current_time()
-        idle_deadline = now + (limits.header_timeout if first else limits.idle_timeout)
-        head_deadline: float | None = now + limits.header_timeout if first else None
+        The idle timeout runs until the head's first byte, the header timeout from then on (from
+        the start on a new connection); a timeout that passes cancels the connection's waiting
+        scope (see ``run``)."""
+        io, limits, deadlines = self._io, self._limits, self._deadlines
+        wait = deadlines.start(self, limits.header_timeout if first else limits.idle_timeout)
+        head_timed = first
         search_from = 0
         try:
             while True:
@@ -282,8 +288,10 @@ class _ClientConnection:
                     del io.buffer[:2]
                     search_from = 0
                 if io.buffer:
-                    if head_deadline is None:
-                        head_deadline = trio.current_time() + limits.header_timeout
+                    if not head_timed:
+                        deadlines.finish(wait)
+                        wait = deadlines.start(self, limits.header_timeout)
+                        head_timed = True
                     end = find_head_end(io.buffer, search_from)
                     if end is not None:
                         if end > limits.max_header_bytes:
@@ -299,15 +307,9 @@ class _ClientConnection:
                     search_from = max(0, len(io.buffer) - 3)
                 if io.eof:
                     return None
-                deadline = (
-                    head_deadline if io.buffer and head_deadline is not None else idle_deadline
-                )
-                if waiting.deadline != deadline:
-                    waiting.deadline = deadline
                 io.buffer += await io.receive()
         finally:
-            if waiting.deadline != math.inf:
-                waiting.deadline = math.inf
+            deadlines.finish(wait)
 
     # --- one request -----------------------------------------------------------------------
 

@@ -217,6 +217,23 @@ async def test_keep_alive_head_started_late_still_gets_the_full_header_timeout(
     assert [r.path for r in recorder.requests] == ["/one", "/two"]
 
 
+async def test_keep_alive_head_that_stalls_gets_408_a_header_timeout_after_its_first_byte(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limits = HttpLimits(idle_timeout=30, header_timeout=5)
+    recorder = Recorder()
+    async with open_connection(recorder, limits=limits) as stream:
+        await stream.send_all(request("/one"))
+        await read_until(stream, b"GET /one")
+        await trio.sleep(10)
+        started = trio.current_time()
+        await stream.send_all(b"GET /two HTTP/1.1\r\n")
+        rest = await read_to_eof(stream)
+        assert trio.current_time() - started == pytest.approx(5)
+    assert parse_responses(rest)[0].status == 408
+    assert [r.path for r in recorder.requests] == ["/one"]
+
+
 async def test_host_must_match_tls_server_name() -> None:
     status, recorder, _ = await refused(
         request("/", host="other.example.com"), server_name="app.example.com"
