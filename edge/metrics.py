@@ -13,10 +13,11 @@ All names start with ``tunnelgate_edge_``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -87,31 +88,65 @@ class _TunnelCollector(Collector):
                                   value=self._connections.registrations)
 
 
+class CountedFamily(Collector):
+    """A counter the request path increments as a plain number per label set, read at scrape
+    time. prometheus-client's ``Counter`` takes a lock and checks its state on every ``inc``;
+    the edge counts a few times per request on one thread, so the counts live in a dict."""
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...] = (),
+                 clock: Callable[[], float] = time.time) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self.values: dict[tuple[str, ...], float] = {}
+        self._created: dict[tuple[str, ...], float] = {}
+        self._clock = clock
+        if not labelnames:
+            self.add(())
+
+    def add(self, labels: tuple[str, ...], amount: float = 0) -> None:
+        """Count ``amount`` for ``labels``, creating the series (at 0) if it is new."""
+        if labels not in self.values:
+            self.values[labels] = 0
+            self._created[labels] = self._clock()
+        self.values[labels] += amount
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, value in sorted(self.values.items()):
+            family.add_metric(list(labels), value, created=self._created[labels])
+        yield family
+
+
 class EdgeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
+        self._requests = self._counted(
             "tunnelgate_edge_requests", "Public requests answered, by status class.",
-            ["status_class"], registry=self.registry)
-        self.bytes_received = Counter(
-            "tunnelgate_edge_bytes_received", "Request body bytes read from visitors.",
-            registry=self.registry)
-        self.bytes_sent = Counter(
-            "tunnelgate_edge_bytes_sent", "Response body bytes sent to visitors.",
-            registry=self.registry)
-        self.errors = Counter(
-            "tunnelgate_edge_errors", "Requests that failed, by where they failed.",
-            ["kind"], registry=self.registry)
-        self.auth_decisions = Counter(
+            ("status_class",))
+        self._bytes_received = self._counted(
+            "tunnelgate_edge_bytes_received", "Request body bytes read from visitors.")
+        self._bytes_sent = self._counted(
+            "tunnelgate_edge_bytes_sent", "Response body bytes sent to visitors.")
+        self._errors = self._counted(
+            "tunnelgate_edge_errors", "Requests that failed, by where they failed.", ("kind",))
+        self._decisions = self._counted(
             "tunnelgate_edge_auth_decisions", "Access decisions, by action and stable reason.",
-            ["decision", "reason"], registry=self.registry)
-        # labels() costs a lock and a tuple lookup per call; the request path asks for the same
-        # few children every time, so they are looked up once.
-        self._requests_by_class = {
-            status: self.requests.labels(status) for status in ("2xx", "3xx", "4xx", "5xx")
-        }
-        self._errors_by_kind = {kind: self.errors.labels(kind) for kind in ERROR_KINDS}
-        self._decisions: dict[tuple[str, str], Counter] = {}
+            ("decision", "reason"))
+        for label in ("2xx", "3xx", "4xx", "5xx"):
+            self._requests.add((label,))
+        for kind in ERROR_KINDS:
+            self._errors.add((kind,))
+        # The request path's own references to the plain numbers.
+        self._request_counts = self._requests.values
+        self._sent = self._bytes_sent.values
+        self._received = self._bytes_received.values
+
+    def _counted(self, name: str, documentation: str,
+                 labelnames: tuple[str, ...] = ()) -> CountedFamily:
+        family = CountedFamily(name, documentation, labelnames)
+        self.registry.register(family)
+        return family
 
     def observe_tunnels(self, connections: TunnelConnections) -> None:
         self.registry.register(_TunnelCollector(connections))
@@ -121,27 +156,36 @@ class EdgeMetrics:
         if status == 0:
             self.error("no_response")
             return
-        label = status_class(status)
-        child = self._requests_by_class.get(label)
-        if child is None:
-            child = self._requests_by_class[label] = self.requests.labels(label)
-        child.inc()
+        label = (_STATUS_CLASSES.get(status) or (status_class(status),))
+        try:
+            self._request_counts[label] += 1
+        except KeyError:
+            self._requests.add(label, 1)
+
+    def bytes_sent(self, count: int) -> None:
+        self._sent[()] += count
+
+    def bytes_received(self, count: int) -> None:
+        self._received[()] += count
 
     def error(self, kind: str) -> None:
-        child = self._errors_by_kind.get(kind)
-        if child is None:
-            child = self._errors_by_kind[kind] = self.errors.labels(kind)
-        child.inc()
+        self._errors.add((kind,), 1)
 
     def auth_decision(self, decision: str, reason: str) -> None:
-        key = (decision, reason)
-        child = self._decisions.get(key)
-        if child is None:
-            child = self._decisions[key] = self.auth_decisions.labels(decision, reason)
-        child.inc()
+        self._decisions.add((decision, reason), 1)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
 
-__all__ = ["CONTENT_TYPE", "ERROR_KINDS", "EdgeMetrics", "TunnelConnections", "status_class"]
+_STATUS_CLASSES = {status: (status_class(status),) for status in range(100, 600)}
+
+
+__all__ = [
+    "CONTENT_TYPE",
+    "ERROR_KINDS",
+    "CountedFamily",
+    "EdgeMetrics",
+    "TunnelConnections",
+    "status_class",
+]

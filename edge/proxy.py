@@ -327,7 +327,7 @@ class Proxy:
         # arrived whole (the usual case) is answered in one write.
         first = stream.take_buffered(BODY_CHUNK)
         if first:
-            self._metrics.bytes_sent.inc(len(first))
+            self._metrics.bytes_sent(len(first))
         if stream.remote_finished:
             await respond.start(status, headers, body=first, end=True)
             return None
@@ -338,7 +338,7 @@ class Proxy:
                 if not chunk:
                     break
                 await respond.send(chunk)
-                self._metrics.bytes_sent.inc(len(chunk))
+                self._metrics.bytes_sent(len(chunk))
         except (StreamReset, SessionClosed):
             # Headers are out: the only honest signal left is an aborted connection.
             self._metrics.error("response_aborted")
@@ -353,7 +353,7 @@ class Proxy:
                 chunk = await body.receive_some(BODY_CHUNK)
                 if not chunk:
                     break
-                self._metrics.bytes_received.inc(len(chunk))
+                self._metrics.bytes_received(len(chunk))
                 await stream.send_all(chunk)
             await stream.send_eof()
         except (StreamReset, SessionClosed, trio.BrokenResourceError, trio.ClosedResourceError):

@@ -221,7 +221,8 @@ async def _serve(
     metrics = EdgeMetrics()
     metrics.observe_tunnels(registry)
     access = await AccessRuntime.open(
-        store, settings_from_config(config), state_dir=config.edge.state_dir
+        store, settings_from_config(config), state_dir=config.edge.state_dir,
+        count_decision=metrics.auth_decision,
     )
     node = ClusterNode.create(config, store, registry, metrics)
     proxy = Proxy(lambda: state.routes, registry, authorize=AccessGate(access), metrics=metrics,

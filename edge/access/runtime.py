@@ -261,8 +261,10 @@ class AccessRuntime:
         random_bytes: RandomBytes = secrets.token_bytes,
         http_client: HttpClientFactory = default_http_client,
         code_sender: CodeSender | None = None,
+        count_decision: Callable[[str, str], None] | None = None,
     ) -> None:
         self.store = store
+        self._count_decision = count_decision
         self.settings = settings
         self.clock = clock
         self.random_bytes = random_bytes
@@ -303,10 +305,12 @@ class AccessRuntime:
         random_bytes: RandomBytes = secrets.token_bytes,
         http_client: HttpClientFactory = default_http_client,
         code_sender: CodeSender | None = None,
+        count_decision: Callable[[str, str], None] | None = None,
     ) -> AccessRuntime:
         """Load keys (making the first one if needed), the catalog and the stored sessions.
 
-        ``code_sender`` replaces every one-time PIN IdP's configured delivery (tests).
+        ``code_sender`` replaces every one-time PIN IdP's configured delivery (tests);
+        ``count_decision(action, reason)`` is told every decision (the edge's metrics).
         """
 
         def load() -> tuple[KeyRing, bytes, AccessCatalog]:
@@ -328,6 +332,7 @@ class AccessRuntime:
             random_bytes=random_bytes,
             http_client=http_client,
             code_sender=code_sender,
+            count_decision=count_decision,
         )
         await runtime._rebuild_providers()
         records = await trio.to_thread.run_sync(store.live_sessions, clock())
@@ -548,6 +553,8 @@ class AccessRuntime:
         identity: Identity | None,
         **context: str,
     ) -> None:
+        if self._count_decision is not None:
+            self._count_decision(action, reason)
         self.audit.record(
             PendingDecision(
                 self.clock(),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge.access.runtime import SEALING_KEY_FILE
 
@@ -49,6 +50,18 @@ async def test_every_decision_is_stored_and_logged_as_json(
     assert {"app", "email", "client_ip", "action", "policy", "reason", "time"} <= set(lines[0])
     assert any(line["policy"] == "corp" and line["path"] == "/again" for line in lines)
     assert len(lines) == len(decisions)
+    # The same decisions are counted in the edge's metrics, one per request.
+    counted = {
+        (sample.labels["decision"], sample.labels["reason"]): sample.value
+        for family in text_string_to_metric_families(stack.edge.metrics.exposition().decode())
+        if family.name == "tunnelgate_edge_auth_decisions"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+    assert counted[("allow", "allowed_by_policy")] >= 2
+    assert counted[("deny", "no_policy_matched")] >= 1
+    assert counted[("authenticate", "not_authenticated")] >= 2
+    assert sum(counted.values()) == sum(d.get("count", 1) for d in decisions)
 
 
 async def test_a_planted_session_cookie_is_ignored_and_login_makes_a_new_session(

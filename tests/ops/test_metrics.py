@@ -84,6 +84,25 @@ def test_edge_metrics_count_requests_and_read_the_registry_at_scrape_time() -> N
             not in samples(metrics.exposition()))
 
 
+def test_edge_counters_count_bytes_and_keep_prometheus_counter_samples() -> None:
+    metrics = EdgeMetrics()
+    metrics.bytes_sent(100)
+    metrics.bytes_sent(23)
+    metrics.bytes_received(7)
+    metrics.request_finished(299)
+    metrics.request_finished(600)
+    text = metrics.exposition()
+    assert value(text, "tunnelgate_edge_bytes_sent_total") == 123
+    assert value(text, "tunnelgate_edge_bytes_received_total") == 7
+    assert value(text, "tunnelgate_edge_requests_total", status_class="2xx") == 1
+    assert value(text, "tunnelgate_edge_requests_total", status_class="other") == 1
+    assert value(text, "tunnelgate_edge_requests_total", status_class="3xx") == 0
+    # Like prometheus-client's own Counter: a _created sample beside every _total.
+    found = samples(text)
+    assert ("tunnelgate_edge_bytes_sent_created", ()) in found
+    assert ("tunnelgate_edge_requests_created", (("status_class", "other"),)) in found
+
+
 def test_every_metric_name_starts_with_tunnelgate() -> None:
     edge = EdgeMetrics()
     edge.observe_tunnels(FakeRegistry())
