@@ -67,8 +67,9 @@ MAX_COOKIE_CANDIDATES = 4
 
 @dataclass(frozen=True)
 class AccessGrant:
-    """What a forwarded request carries: the identity claims, and for long-lived streams a
-    way to end them when the grant stops holding."""
+    """What a forwarded request carries: the identity for its tunnel head (shared among the
+    requests of one token: never changed), and for long-lived streams a way to end them when
+    the grant stops holding."""
 
     identity: dict[str, object] | None = None
     still_valid: Callable[[], bool] | None = None
@@ -242,7 +243,7 @@ class AccessGate:
         verified = (
             signin.verified if token == signin.token else rt.verify_app_token(token, app.aud)
         )
-        claims = dict(verified.claims) if verified is not None else None
+        claims = verified.identity if verified is not None else None
         request.headers.append((app.spec.header_name.encode("ascii"), token.encode("ascii")))
         if identity.email:
             request.headers.append(
@@ -345,7 +346,7 @@ class AccessGate:
                     return False
                 return decide(identity, current.policies, facts).granted
 
-        claims = dict(verified.claims) if verified is not None else None
+        claims = verified.identity if verified is not None else None
         return AccessGrant(claims, still_valid, rt)
 
     # -- answers -------------------------------------------------------------------------

@@ -190,12 +190,27 @@ class AccessSettings:
 
 @dataclass(frozen=True, slots=True)
 class VerifiedToken:
-    """An app token whose signature was checked once; expiry is checked again on every use."""
+    """An app token whose signature was checked once; expiry is checked again on every use.
+
+    ``identity`` is what a tunnel head carries of it (``head_identity``), made once per token
+    and shared by every request that presents it: read it, never change it."""
 
     claims: Mapping[str, object]
     audiences: frozenset[str]
     expires_at: float
     nonce: str
+    identity: dict[str, object]
+
+
+TOKEN_MECHANICS = frozenset({"iss", "aud", "iat", "nbf", "exp", "identity_nonce"})
+"""Claims about the token rather than the person; the origin reads them in the assertion."""
+
+
+def head_identity(claims: Mapping[str, object]) -> dict[str, object]:
+    """The identity a tunnel head carries: who (``sub``, ``email``, ``groups``, ``idp``,
+    ``type``, and ``common_name`` or ``country`` when the token has them), not the token's
+    own mechanics (issuer, audience, times, nonce), which the assertion header carries."""
+    return {name: value for name, value in claims.items() if name not in TOKEN_MECHANICS}
 
 
 def shared_sealing_secret(
@@ -454,7 +469,7 @@ class AccessRuntime:
             ):
                 return None
             audiences = frozenset(item for item in raw_aud if isinstance(item, str))
-            entry = VerifiedToken(claims, audiences, float(expires), nonce)
+            entry = VerifiedToken(claims, audiences, float(expires), nonce, head_identity(claims))
             if len(self._verified) >= self.settings.verified_cache_size:
                 del self._verified[next(iter(self._verified))]
             self._verified[token] = entry

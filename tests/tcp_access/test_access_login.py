@@ -209,6 +209,12 @@ async def test_loopback_callbacks_get_the_token_and_the_state(
     verified = corp.stack.access.verify_app_token(delivered["token"], corp.app1.aud)
     assert verified is not None
     assert verified.claims["email"] == "alice@corp.com"
+    # What a tunnel head carries of it: the person, made once and shared by later requests.
+    assert verified.identity["email"] == "alice@corp.com"
+    assert set(verified.identity) == {"sub", "email", "type", "groups", "idp"}
+    again = corp.stack.access.verify_app_token(delivered["token"], corp.app1.aud)
+    assert again is not None
+    assert again.identity is verified.identity
 
 
 @pytest.mark.parametrize("state", ["", "short", "x" * 200, "a b c d e f g h i j k l"])
