@@ -11,9 +11,13 @@ For every request, whatever its host:
 3. the application for the canonical host and path decides: none means the request passes
    without identity; otherwise the service-token headers (constant-time) or the app cookie
    (an app JWT, verified once per token and then only checked for expiry, with its session
-   looked up in memory on every request; a token another edge of the store issued is accepted
-   while its global session is live here, see :mod:`edge.access.runtime`) give the identity,
-   and ``decide()`` the outcome.
+   looked up in memory; a token another edge of the store issued is accepted while its global
+   session is live here, see :mod:`edge.access.runtime`) give the identity, and ``decide()``
+   the outcome, for every request. A granted sign-in (cookie, session, app session, the app
+   token the origin gets) is reused by the requests that present the same cookies for the same
+   application for at most a second, and only while no session, revocation, logout, catalog
+   or key change happened since and nothing it rests on expired (``_RememberedSignin``):
+   checking it again for every request was a seventh of the edge's work per request.
 
 Outcomes: allowed requests get the app token in the app's assertion header (minted per session
 and app, reused until near expiry) and the e-mail header, and the token's claims travel in the
@@ -189,6 +193,36 @@ class _Signin:
     verified: VerifiedToken
 
 
+_SigninKey = tuple[tuple[bytes, ...], bytes | None, str]
+"""A request's ``Cookie`` headers, its ``cf-access-token`` header and the application's AUD
+(unique within a catalog, and an entry is only used with the catalog it was made with)."""
+
+SIGNIN_MEMORY_SECONDS = 1.0
+"""How long a checked sign-in is reused at most, even when nothing it rests on changed."""
+MAX_REMEMBERED_SIGNINS = 4096
+MAX_REMEMBERED_COOKIE_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class _RememberedSignin:
+    """A granted sign-in, reused by the next requests that present the same cookies for the
+    same application while nothing it rests on has changed: the session manager's generation
+    (every session, app session, epoch, logout or revocation bumps it), the catalog
+    (applications, policies, revocations by e-mail or app), the signing keys (the minter), and
+    the clock (the tokens', session's and app session's expiry, and at most
+    ``SIGNIN_MEMORY_SECONDS``). The policy decision, the audit entry and the WebSocket checks
+    are still made for every request."""
+
+    signin: _Signin
+    header_token: bool
+    origin_headers: tuple[tuple[bytes, bytes], ...]
+    grant: AccessGrant
+    generation: int
+    catalog: object
+    minter: object
+    valid_until: float
+
+
 class AccessGate:
     """``await gate(request, body, respond)`` -> an :class:`AccessGrant`, or None once the
     gate answered the request itself (login redirect, denial, an Access endpoint)."""
@@ -196,6 +230,9 @@ class AccessGate:
     def __init__(self, runtime: AccessRuntime) -> None:
         self._rt = runtime
         self.flow = AccessFlow(runtime)
+        self._signins: BoundedMemo[_SigninKey, _RememberedSignin] = BoundedMemo(
+            MAX_REMEMBERED_SIGNINS, MAX_REMEMBERED_COOKIE_BYTES
+        )
 
     async def __call__(
         self, request: IncomingRequest, body: RequestBody, respond: ResponseWriter
@@ -213,15 +250,22 @@ class AccessGate:
             return OPEN_GRANT
         if client_id is not None or client_secret is not None:
             return await self._service_token(request, respond, app, client_id, client_secret)
-        # A ``cf-access-token`` header (the CLI's cached app token) counts like the cookie; a
-        # browser never sends it on its own, so it needs no Origin check on WebSocket upgrades.
-        signin = None
-        if scrubbed.access_token is not None:
-            token_text = scrubbed.access_token.decode("latin-1").strip()
-            signin = self._signin_with(app, [token_text])
-        header_token = signin is not None
-        if signin is None:
-            signin = self._signin(app, cookie_headers)
+        key = (tuple(cookie_headers), scrubbed.access_token, app.aud)
+        remembered = self._remembered(key)
+        signin: _Signin | None
+        if remembered is not None:
+            signin, header_token = remembered.signin, remembered.header_token
+        else:
+            # A ``cf-access-token`` header (the CLI's cached app token) counts like the cookie;
+            # a browser never sends it on its own, so it needs no Origin check on WebSocket
+            # upgrades.
+            signin = None
+            if scrubbed.access_token is not None:
+                token_text = scrubbed.access_token.decode("latin-1").strip()
+                signin = self._signin_with(app, [token_text])
+            header_token = signin is not None
+            if signin is None:
+                signin = self._signin(app, cookie_headers)
         identity = signin.session.identity if signin is not None else None
         facts = client_facts(request)
         decision = decide(identity, app.policies, facts)
@@ -238,21 +282,67 @@ class AccessGate:
         if refusal is not None:
             await self._deny(request, respond, app, identity, refusal)
             return None
+        if remembered is None:
+            remembered = self._remember(key, app, signin, header_token)
+        request.headers.extend(remembered.origin_headers)
+        if request.is_websocket_upgrade:
+            still_valid = self._session_check(signin, app.aud, facts)
+            return AccessGrant(remembered.grant.identity, still_valid, rt)
+        return remembered.grant
+
+    # -- remembered sign-ins -----------------------------------------------------------
+
+    def _remembered(self, key: _SigninKey) -> _RememberedSignin | None:
+        """The sign-in behind ``key`` if one was checked since anything it rests on changed."""
+        entry = self._signins.get(key)
+        if entry is None:
+            return None
+        rt = self._rt
+        if (
+            entry.generation != rt.sessions.generation
+            or entry.catalog is not rt.catalog
+            or entry.minter is not rt.minter
+            or rt.clock() >= entry.valid_until
+        ):
+            return None
+        return entry
+
+    def _remember(
+        self, key: _SigninKey, app: CatalogApp, signin: _Signin, header_token: bool
+    ) -> _RememberedSignin:
+        """Check the rest of a granted sign-in (the app token the origin gets) and keep it."""
+        rt = self._rt
+        generation = rt.sessions.generation  # before minting: nothing below may change it
         token = rt.app_token(signin.session, app, signin.app_session)
         # The app token is usually the very cookie just verified: its verification stands.
         verified = (
             signin.verified if token == signin.token else rt.verify_app_token(token, app.aud)
         )
-        claims = verified.identity if verified is not None else None
-        request.headers.append((app.spec.header_name.encode("ascii"), token.encode("ascii")))
-        if identity.email:
-            request.headers.append(
-                (app.spec.email_header_name.encode("ascii"), identity.email.encode("utf-8"))
-            )
-        still_valid = None
-        if request.is_websocket_upgrade:
-            still_valid = self._session_check(signin, app.aud, facts)
-        return AccessGrant(claims, still_valid, rt)
+        email = signin.session.identity.email
+        origin_headers: tuple[tuple[bytes, bytes], ...] = (
+            (app.spec.header_name.encode("ascii"), token.encode("ascii")),
+        )
+        if email:
+            origin_headers += ((app.spec.email_header_name.encode("ascii"), email.encode("utf-8")),)
+        valid_until = min(
+            rt.clock() + SIGNIN_MEMORY_SECONDS,
+            signin.verified.expires_at,
+            signin.session.expires_at,
+            signin.app_session.expires_at,
+            verified.expires_at if verified is not None else 0.0,
+        )
+        entry = _RememberedSignin(
+            signin=signin,
+            header_token=header_token,
+            origin_headers=origin_headers,
+            grant=AccessGrant(verified.identity if verified is not None else None, None, rt),
+            generation=generation,
+            catalog=rt.catalog,
+            minter=rt.minter,
+            valid_until=valid_until,
+        )
+        size = sum(len(value) for value in key[0]) + len(key[1] or b"")
+        return self._signins.remember(key, entry, size)
 
     # -- identity ------------------------------------------------------------------------
 

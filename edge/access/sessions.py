@@ -183,6 +183,9 @@ class SessionManager:
         self._handoffs: dict[str, _Handoff] = {}
         self._used_login_states: dict[str, float] = {}
         self._used_handoffs: dict[str, float] = {}
+        self.generation = 0
+        """Changes so far: bumped by every change to sessions, app sessions, epochs, login
+        states or hand-offs, so a result computed from them can tell it may be stale."""
 
     def _token(self, size: int = 32) -> str:
         raw = self._random_bytes(size)
@@ -191,6 +194,7 @@ class SessionManager:
         return _b64(raw)
 
     def _changed(self, kind: str, key: str, record: dict[str, Any] | None) -> None:
+        self.generation += 1
         if self._on_change is not None:
             self._on_change(kind, key, record)
 
@@ -262,6 +266,7 @@ class SessionManager:
         or has expired. The change hook is not called: the store already has it."""
         if session.id in self._sessions or self._clock() >= session.expires_at:
             return False
+        self.generation += 1
         self._sessions[session.id] = session
         self._by_nonce[session.nonce] = session.id
         logger.info("session imported: nonce=%s idp=%s", session.nonce, session.idp)
@@ -273,6 +278,7 @@ class SessionManager:
         session = self._sessions.pop(session_id, None)
         if session is None:
             return False
+        self.generation += 1
         self._by_nonce.pop(session.nonce, None)
         for key in [key for key in self._app_sessions if key[0] == session_id]:
             del self._app_sessions[key]
@@ -521,6 +527,7 @@ class SessionManager:
         """Replace all state with a snapshot from :meth:`export_state`."""
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"unsupported session state version {state.get('version')!r}")
+        self.generation += 1
         sessions = [GlobalSession.from_record(record) for record in state["sessions"]]
         self._sessions = {session.id: session for session in sessions}
         self._by_nonce = {session.nonce: session.id for session in sessions}

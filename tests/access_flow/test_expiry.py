@@ -1,135 +1,31 @@
 """Everything that expires does, on an edge whose clock the test moves.
 
 The Access runtime is opened with an injected clock and its gate served over a real loopback
-HTTP connection (no tunnel: a granted request is answered with the identity it would carry),
-so login states, hand-off codes, app sessions and key rotation can be aged without waiting.
+HTTP connection (``gate_server``), so login states, hand-off codes, app sessions and key
+rotation can be aged without waiting.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
-import httpx
-import jwt
 import pytest
 import trio
 
-from edge.access.gate import AccessGate
 from edge.access.keys_service import rotate_signing_keys
-from edge.access.runtime import AccessRuntime, AccessSettings
 from edge.admin.api import ChangeEvent, ChangeKind
-from edge.http11 import (
-    HttpLimits,
-    IncomingRequest,
-    RequestBody,
-    ResponseWriter,
-    serve_http_connection,
-)
-from edge.store.access_records import parse_app_spec, parse_idp, parse_policy_list
-from edge.store.sqlite import SqliteStore
 
-from .harness import (
-    AUTH,
-    PREFIX,
-    OtpInbox,
-    follow,
-    hidden_fields,
-    location,
-    new_visitor,
-)
+from .gate_server import START, GateServer, finish_pin_login, serve_gate, start_pin_login
+from .harness import PREFIX, OtpInbox, follow, location, new_visitor
 
 pytestmark = pytest.mark.e2e
-
-START = 1_800_000_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass
-class GateServer:
-    runtime: AccessRuntime
-    clock: Clock
-    port: int
-    store: SqliteStore
-
-    def url(self, host: str, path: str = "/") -> str:
-        return f"http://{host}:{self.port}{path}"
-
-
-async def answer_with_identity(
-    gate: AccessGate, request: IncomingRequest, body: RequestBody, respond: ResponseWriter
-) -> None:
-    grant = await gate(request, body, respond)
-    if grant is None:
-        return
-    assertion = request.header(b"cf-access-jwt-assertion") or b""
-    kid = jwt.get_unverified_header(assertion.decode()).get("kid") if assertion else None
-    token_exp = (
-        jwt.decode(assertion.decode(), options={"verify_signature": False})["exp"]
-        if assertion else None
-    )
-    data = json.dumps({"identity": grant.identity, "kid": kid, "token_exp": token_exp}).encode()
-    await respond.start(200, [(b"content-type", b"application/json"),
-                              (b"content-length", str(len(data)).encode())])
-    await respond.send(data)
-    await respond.end()
 
 
 @pytest.fixture
 async def gated(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[GateServer]:
-    store = SqliteStore(tmp_path / "store.db")
-    store.migrate()
-    store.create_idp(parse_idp({"name": "pin", "type": "otp", "delivery": "log"}))
-    store.create_app(parse_app_spec(
-        {"name": "one", "domain": "app1.localhost", "idps": ["pin"], "session_duration": "1h"}
-    ))
-    store.set_policies("one", parse_policy_list(
-        [{"name": "all", "action": "allow", "include": [{"everyone": True}]}]
-    ))
-    clock = Clock()
-    runtime = await AccessRuntime.open(
-        store, AccessSettings(auth_domain=AUTH, issuer_scheme="http"), state_dir=tmp_path,
-        clock=clock,
-    )
-    await nursery.start(runtime.run)
-    gate = AccessGate(runtime)
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-
-    async def serve(stream: trio.SocketStream) -> None:
-        async with stream:
-            await serve_http_connection(
-                stream, partial(answer_with_identity, gate), limits=HttpLimits(),
-                client_ip="127.0.0.1", scheme="http", trusted_proxies=(),
-            )
-
-    nursery.start_soon(trio.serve_listeners, serve, listeners)
-    yield GateServer(runtime, clock, port, store)
-    store.close()
-
-
-async def start_pin_login(server: GateServer, visitor: httpx.AsyncClient) -> dict[str, str]:
-    login = location(await visitor.get(server.url("app1.localhost", "/x")))
-    return hidden_fields((await visitor.get(login)).text)
-
-
-async def finish_pin_login(
-    server: GateServer, visitor: httpx.AsyncClient, inbox: OtpInbox, form: dict[str, str]
-) -> httpx.Response:
-    sent = await visitor.post(server.url(AUTH, f"{PREFIX}/otp/email"),
-                              data={**form, "email": "ann@corp.com"})
-    return await visitor.post(server.url(AUTH, f"{PREFIX}/otp/code"),
-                              data={**hidden_fields(sent.text), "code": inbox.last})
+    async with serve_gate(nursery, tmp_path) as server:
+        yield server
 
 
 async def test_a_login_left_open_too_long_expires(gated: GateServer, inbox: OtpInbox) -> None:
