@@ -196,12 +196,13 @@ class _ClientConnection:
         self._linger = False
         self._upgraded = False
         self._relay: tuple[Relay, str] | None = None
-        self._waiting = trio.CancelScope()
+        self._waiting: trio.CancelScope | None = None  # entered by run()
         self._deadlines = deadline_keeper()
 
     def deadline_passed(self) -> None:
         """The header or idle timeout passed while the connection waited (tunnel.deadlines)."""
-        self._waiting.cancel()
+        if self._waiting is not None:
+            self._waiting.cancel()
 
     async def run(self) -> None:
         # One cancel scope for the connection's life is cancelled when the header or idle
@@ -288,10 +289,6 @@ class _ClientConnection:
                     del io.buffer[:2]
                     search_from = 0
                 if io.buffer:
-                    if not head_timed:
-                        deadlines.finish(wait)
-                        wait = deadlines.start(self, limits.header_timeout)
-                        head_timed = True
                     end = find_head_end(io.buffer, search_from)
                     if end is not None:
                         if end > limits.max_header_bytes:
@@ -305,6 +302,12 @@ class _ClientConnection:
                     if len(io.buffer) > limits.max_header_bytes:
                         raise HeadersTooLarge("the request head is too large")
                     search_from = max(0, len(io.buffer) - 3)
+                    if not head_timed:
+                        # A head has begun and is not complete: the header timeout runs from
+                        # now (a head that arrives whole never needs it).
+                        deadlines.finish(wait)
+                        wait = deadlines.start(self, limits.header_timeout)
+                        head_timed = True
                 if io.eof:
                     return None
                 io.buffer += await io.receive()

@@ -141,7 +141,9 @@ async def _bind(address: str) -> trio.SocketListener:
 
 
 def _peer_ip(stream: trio.abc.Stream) -> str:
-    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    inner = stream
+    if type(stream) is not trio.SocketStream:  # the usual case skips two ABC checks
+        inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
     if isinstance(inner, trio.SocketStream):
         peer = inner.socket.getpeername()
         return str(peer[0]) if isinstance(peer, tuple) else "unix"
