@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs what bench/run.py needs: wrk, h2load, nginx, OpenSSH and curl from Debian (as root),
+# valgrind for bench/instructions.py,
 # and into the project's virtualenv matplotlib for the chart and hypercorn for the hypercorn-trio
 # reference. Installs nothing already present.
 set -euo pipefail
@@ -13,6 +14,7 @@ have nginx || need+=(nginx)
 { have ssh && have ssh-keygen; } || need+=(openssh-client)
 have sshd || need+=(openssh-server)
 have curl || need+=(curl)
+have valgrind || need+=(valgrind)  # bench/instructions.py
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

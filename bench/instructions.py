@@ -1,0 +1,153 @@
+"""Instructions per request of the edge and the connector, counted by callgrind.
+
+Why: on a shared 2-core VM the CPU time of the same build under the same load moves by up to
+30% from one minute to the next, which hides a 5% change; the number of instructions the two
+processes execute per request repeats within about 1%. This is how each change of the third
+round in bench/README.md was measured.
+
+    .venv/bin/python bench/instructions.py                       # tunnelgate + Access
+    .venv/bin/python bench/instructions.py --target tunnelgate   # no Access app
+    .venv/bin/python bench/instructions.py --close               # Connection: close
+
+It sets the target up exactly as bench/run.py does (the products' own command lines, nginx as
+the origin), restarts its edge and connector under ``valgrind --tool=callgrind
+--instr-atstart=no`` with the same arguments, waits for the route to answer, warms up for a few
+seconds, switches instrumentation on with ``callgrind_control -i on`` for a ``wrk -t1`` load,
+off again, and divides each process's instruction total by the requests wrk completed. It
+prints one JSON line. User-space instructions only: the kernel's share (system calls, loopback
+TCP) is not in it.
+
+Under valgrind the processes run about fifty times slower, so every scheduling round serves
+many requests at once: the counts describe fully batched traffic. Compare builds with them (the
+same options, one after the other); do not read latency or throughput into them.
+
+Needs valgrind (``apt-get install valgrind``) besides what bench/run.py needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from load import Endpoint, probe_status
+from origin import start_origins
+from processes import BenchError, ProcessGroup
+from targets import RunContext, Tunnelgate, TunnelgateAccess
+
+WARM_UP_S = 3
+READY_TIMEOUT_S = 300.0  # the processes start slowly under valgrind
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--target", choices=["tunnelgate", "tunnelgate-access"],
+                        default="tunnelgate-access")
+    parser.add_argument("--close", action="store_true", help="send Connection: close")
+    parser.add_argument("--seconds", type=int, default=15, help="length of the counted load")
+    parser.add_argument("--connections", type=int, default=32, help="wrk -c")
+    return parser.parse_args(argv)
+
+
+def wait_for_route(endpoint: Endpoint) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while probe_status(endpoint, "/small") != 200:
+        if time.monotonic() > deadline:
+            raise BenchError("the route did not answer under valgrind")
+        time.sleep(0.5)
+
+
+def instruction_total(files: list[Path]) -> int:
+    """Instructions in callgrind's dumps (each dump holds what ran since the one before)."""
+    total = 0
+    for path in files:
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("totals:"):
+                total += int(line.split()[1])
+                break
+    return total
+
+
+def measure(arguments: argparse.Namespace, workdir: Path) -> dict[str, object]:
+    group = ProcessGroup(workdir / "logs")
+    with group.running():
+        context = RunContext(group, workdir, start_origins(group, workdir), Path(sys.prefix) / "bin")
+        target = (TunnelgateAccess if arguments.target == "tunnelgate-access" else Tunnelgate)(
+            arguments.target, arguments.target
+        )
+        target.setup(context)
+        endpoint = target.endpoint
+        restarted = {}
+        for role, process in (("edge", target.edge), ("connector", target.connector)):
+            assert process is not None
+            group.stop(process)
+            out = workdir / f"{role}.callgrind"
+            restarted[role] = (out, group.start(f"{role}-callgrind", [
+                "valgrind", "--tool=callgrind", "--instr-atstart=no",
+                f"--callgrind-out-file={out}", *process.argv,
+            ]))
+        wait_for_route(endpoint)
+        headers = [f"Host: {endpoint.host_header}", *endpoint.headers]
+        if arguments.close:
+            headers.append("Connection: close")
+        wrk = ["wrk", "-t1", f"-c{arguments.connections}"]
+        for header in headers:
+            wrk += ["-H", header]
+        url = endpoint.url("/small")
+        subprocess.run([*wrk, f"-d{WARM_UP_S}s", url], capture_output=True, check=True)
+        for _, process in restarted.values():
+            subprocess.run(["callgrind_control", "-i", "on", str(process.pid)],
+                           capture_output=True, check=True)
+        load = subprocess.run([*wrk, f"-d{arguments.seconds}s", url],
+                              capture_output=True, text=True, check=True)
+        for _, process in restarted.values():
+            subprocess.run(["callgrind_control", "-i", "off", str(process.pid)],
+                           capture_output=True, check=True)
+            subprocess.run(["callgrind_control", "-d", str(process.pid)],
+                           capture_output=True, check=True)
+        found = re.search(r"(\d+) requests in", load.stdout)
+        if found is None or "Non-2xx" in load.stdout:
+            raise BenchError(f"the load did not complete cleanly: {load.stdout[-300:]}")
+        requests = int(found.group(1))
+        for _, process in restarted.values():
+            group.stop(process)
+        result: dict[str, object] = {
+            "target": arguments.target,
+            "connection_close": arguments.close,
+            "connections": arguments.connections,
+            "requests": requests,
+        }
+        for role, (out, _) in restarted.items():
+            files = sorted(out.parent.glob(out.name + "*"))
+            result[f"{role}_instructions_per_request"] = round(instruction_total(files) / requests)
+        return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    missing = [tool for tool in ("valgrind", "callgrind_control", "wrk", "nginx")
+               if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists()]
+    if missing:
+        sys.stderr.write(f"missing: {' '.join(missing)}; install with: apt-get install valgrind "
+                         "wrk nginx (or run bench/setup.sh as root)\n")
+        return 1
+    workdir = Path(tempfile.mkdtemp(prefix="tunnelgate-instructions-",
+                                    dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
+    try:
+        print(json.dumps(measure(arguments, workdir)))
+    except BenchError as error:
+        sys.stderr.write(f"instructions: {error}\n")
+        return 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
