@@ -30,7 +30,8 @@ from urllib.parse import urlsplit
 import trio
 
 from tunnel.errors import HandshakeError, HandshakeRefused, TransportClosed
-from tunnel.transport import WebSocketTransport, connect_websocket
+from tunnel.transport import WebSocketTransport
+from tunnel.websocket_handshake import connect_websocket
 
 __all__ = [
     "AccessClientError",

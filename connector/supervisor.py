@@ -59,7 +59,7 @@ from tunnel.systemd_notify import (
     http_health_check,
     run_watchdog,
 )
-from tunnel.transport import connect_websocket
+from tunnel.websocket_handshake import connect_websocket
 
 if TYPE_CHECKING:
     from connector.metrics import ConnectorMetrics

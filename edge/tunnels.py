@@ -26,7 +26,7 @@ from tunnel.auth import decode_run_token, parse_bearer, verify_secret
 from tunnel.errors import HandshakeError, InvalidRunToken, SessionClosed
 from tunnel.protocol import Limits, Role, TunnelConnection
 from tunnel.session import SessionTiming, TunnelSession
-from tunnel.transport import HandshakeRequest, Rejection, accept_websocket
+from tunnel.websocket_handshake import HandshakeRequest, Rejection, accept_websocket
 
 log = logging.getLogger(__name__)
 

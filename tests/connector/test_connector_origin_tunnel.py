@@ -16,7 +16,8 @@ from tunnel.errors import StreamReset
 from tunnel.protocol import ErrorCode, RegisterInfo, Role, TunnelConnection
 from tunnel.session import TunnelSession
 from tunnel.streams import TunnelStream
-from tunnel.transport import WebSocketTransport, accept_websocket, connect_websocket
+from tunnel.transport import WebSocketTransport
+from tunnel.websocket_handshake import accept_websocket, connect_websocket
 
 REGISTER_INFO = RegisterInfo(tunnel_id="6f1c9a52-8d0e-4a57-9c3b-2f4d5e6a7b8c",
                              connector_id="connector-a", conn_index=0, version="0.1.0",

@@ -27,7 +27,8 @@ from tunnel.protocol import (
     TunnelConnection,
 )
 from tunnel.protocol.frames import HEADER
-from tunnel.transport import WebSocketTransport, connect_websocket
+from tunnel.transport import WebSocketTransport
+from tunnel.websocket_handshake import connect_websocket
 
 from .conftest import ConnectorFactory, RunningEdge, connector_process
 from .origin import Origin

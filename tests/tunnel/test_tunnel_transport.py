@@ -15,7 +15,7 @@ from tunnel.errors import (
     MessageTooLarge,
     TransportClosed,
 )
-from tunnel.transport import (
+from tunnel.websocket_handshake import (
     HandshakeRequest,
     Rejection,
     accept_websocket,

@@ -24,10 +24,10 @@ from tunnel.protocol import (
 )
 from tunnel.session import TunnelSession
 from tunnel.streams import TunnelStream
-from tunnel.transport import (
+from tunnel.transport import WebSocketTransport
+from tunnel.websocket_handshake import (
     HandshakeRequest,
     Rejection,
-    WebSocketTransport,
     accept_websocket,
     connect_websocket,
 )

@@ -63,14 +63,12 @@ from .frames import (
     FrameType,
     decode_goaway,
     decode_hello,
-    decode_json_object,
     decode_refused,
     decode_register,
     decode_registered,
     decode_u32,
     encode_goaway,
     encode_hello,
-    encode_json,
     encode_refused,
     encode_register,
     encode_registered,
@@ -237,30 +235,8 @@ class TunnelConnection:
         self._queue(FrameType.REFUSED, 0, 0, encode_refused(code, message, permanent))
 
     def _encode_head(self, head: Head) -> bytes:
-        headers = head.get("headers")
-        inserted = None
-        if headers:
-            wire, inserted = self._headers_out.encode(headers)
-            head = {**head, "headers": wire}
-        payload = encode_json(head)
         peer = self._peer()
-        limit = min(peer.max_header_block, peer.max_frame_size)
-        if len(payload) > limit:
-            payload = encode_json(head, compact=True)
-        if len(payload) > limit:
-            raise LocalProtocolError(
-                ErrorCode.HEAD_TOO_LARGE, f"head of {len(payload)} bytes exceeds the peer's {limit}"
-            )
-        if inserted:
-            self._headers_out.commit(inserted)
-        return payload
-
-    def _decode_head(self, payload: bytes) -> Head:
-        head = decode_json_object(payload, "HEAD")
-        headers = head.get("headers")
-        if type(headers) is list:
-            head["headers"] = self._headers_in.resolve(headers)
-        return head
+        return self._headers_out.encode_head(head, min(peer.max_header_block, peer.max_frame_size))
 
     def open_stream(self, head: Head, end_stream: bool = False) -> int:
         """Open a stream with its request head (edge only); returns the new stream id."""
@@ -494,7 +470,7 @@ class TunnelConnection:
         stream = self._known_stream(stream_id, "HEAD")
         if stream is not None and stream.head_received:
             raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"second HEAD on stream {stream_id}")
-        head = self._decode_head(frame.payload)  # even when dropped: its indexed headers count
+        head = self._headers_in.decode_head(frame.payload)  # even when dropped: it may index
         if stream is None:
             return
         stream.head_received = True
@@ -511,7 +487,7 @@ class TunnelConnection:
                 ErrorCode.PROTOCOL_ERROR, f"stream id {stream_id} is not odd and increasing"
             )
         self._highest_stream_id = stream_id
-        head = self._decode_head(frame.payload)  # even when refused: its indexed headers count
+        head = self._headers_in.decode_head(frame.payload)  # even when refused: it may index
         refusal = None
         if self._local_goaway:
             refusal = ErrorCode.REFUSED_STREAM

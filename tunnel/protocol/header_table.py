@@ -33,7 +33,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import ErrorCode, LocalProtocolError, ProtocolError
-from .frames import shared_name
+from .events import Head
+from .frames import decode_json_object, encode_json, shared_name
 
 ENTRY_OVERHEAD = 32
 """Characters each entry counts beyond its name and value (HPACK's figure), which bounds the
@@ -106,6 +107,26 @@ class OutgoingHeaderTable:
             wire.append([name, value])
         return wire, inserted
 
+    def encode_head(self, head: Head, limit: int) -> bytes:
+        """The HEAD payload for ``head``: its headers indexed, JSON of at most ``limit`` bytes
+        (escaped ASCII, or UTF-8 when escapes would not fit). The table changes only once the
+        head is sure to fit; else LocalProtocolError(HEAD_TOO_LARGE)."""
+        headers = head.get("headers")
+        inserted = None
+        if headers:
+            wire, inserted = self.encode(headers)
+            head = {**head, "headers": wire}
+        payload = encode_json(head)
+        if len(payload) > limit:
+            payload = encode_json(head, compact=True)
+        if len(payload) > limit:
+            raise LocalProtocolError(
+                ErrorCode.HEAD_TOO_LARGE, f"head of {len(payload)} bytes exceeds the peer's {limit}"
+            )
+        if inserted:
+            self.commit(inserted)
+        return payload
+
     def _indexable(self, pair: Pair) -> bool:
         """True the second time an indexable pair is sent; the first time it is noted."""
         name, value = pair
@@ -157,6 +178,14 @@ class IncomingHeaderTable:
     @property
     def used(self) -> int:
         return self._used
+
+    def decode_head(self, payload: bytes) -> Head:
+        """A received HEAD payload, its header entries resolved (``resolve``)."""
+        head = decode_json_object(payload, "HEAD")
+        headers = head.get("headers")
+        if type(headers) is list:
+            head["headers"] = self.resolve(headers)
+        return head
 
     def resolve(self, raw: list[Any]) -> list[Any]:
         """The head's headers as (name, value) tuples; entries of another shape pass as they are
