@@ -38,8 +38,6 @@ from dataclasses import dataclass
 from functools import partial
 from urllib.parse import urlsplit
 
-import trio
-
 from edge.access.catalog import CatalogApp
 from edge.access.flow import AccessFlow, login_url
 from edge.access.identity import Identity, RequestFacts
@@ -86,26 +84,7 @@ class AccessGrant:
         grant: a relay keeps its guard for as long as a WebSocket lasts."""
         if self.still_valid is None or self.runtime is None:
             return None
-        return partial(_guard, self.runtime, self.still_valid)
-
-
-async def _guard(
-    runtime: AccessRuntime, still_valid: Callable[[], bool], work: Callable[[], Awaitable[None]]
-) -> None:
-    async with trio.open_nursery() as nursery:
-
-        async def run_work() -> None:
-            await work()
-            nursery.cancel_scope.cancel()
-
-        nursery.start_soon(run_work)
-        while True:
-            with trio.move_on_after(runtime.settings.recheck_interval):
-                await runtime.changed().wait()
-            if not still_valid():
-                log.info("closing a stream whose access grant ended")
-                nursery.cancel_scope.cancel()
-                return
+        return partial(self.runtime.stream_guards.guard, self.still_valid)
 
 
 OPEN_GRANT = AccessGrant()

@@ -70,6 +70,7 @@ from edge.access.providers import Provider, build_provider
 from edge.access.sealing import Sealer
 from edge.access.session_sync import SessionSync
 from edge.access.sessions import AppSession, GlobalSession
+from edge.access.stream_guards import StreamGuards
 from edge.access.tokens import KeyRing, TokenMinter, TokenVerifier
 from edge.admin.api import ChangeEvent, ChangeKind
 from edge.config import EdgeConfig
@@ -305,6 +306,7 @@ class AccessRuntime:
         self.provider_errors: dict[str, str] = {}
         self._provider_records: dict[str, IdpRecord] = {}
         self._changed = trio.Event()
+        self.stream_guards = StreamGuards(self.changed, settings.recheck_interval)
         self._derive_strip_lists()
 
     # -- start-up ------------------------------------------------------------------------
@@ -360,6 +362,7 @@ class AccessRuntime:
             nursery.start_soon(self.audit.run)
             nursery.start_soon(self.session_sync.persist)
             nursery.start_soon(self._housekeeping)
+            nursery.start_soon(self.stream_guards.run)
             await nursery.start(
                 partial(
                     rotation_task,
