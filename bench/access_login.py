@@ -43,6 +43,18 @@ session_duration = "24h"
 name = "everyone"
 action = "allow"
 include = [{{ everyone = true }}]
+
+# The idle-WebSocket row's hostname (a second tunnel): the same login and policy.
+[[app]]
+name = "bench-ws"
+domain = "{websocket_domain}"
+idps = ["pin"]
+session_duration = "24h"
+
+[[app.policy]]
+name = "everyone"
+action = "allow"
+include = [{{ everyone = true }}]
 """
 
 
@@ -97,9 +109,20 @@ def read_code(log_path: Path, email: str, timeout_s: float) -> str:
 
 
 def sign_in(
-    *, port: int, app_host: str, auth_host: str, email: str, edge_log: Path, timeout_s: float
+    *,
+    port: int,
+    app_host: str,
+    auth_host: str,
+    email: str,
+    edge_log: Path,
+    timeout_s: float,
+    final_page: bool = True,
 ) -> str:
-    """Log in to the app on `app_host` with a one-time PIN; the value of its app cookie."""
+    """Log in to the app on `app_host` with a one-time PIN; the value of its app cookie.
+
+    With `final_page` the login must end on a 200 from the app; without it, it stops once the
+    app cookie is set (an origin that only speaks WebSocket answers no plain GET). Each login
+    needs its own `email`: the code is read from the edge's log by e-mail."""
     app_url = f"http://{app_host}:{port}/"
     auth = f"http://{auth_host}:{port}{PREFIX}"
     with httpx.Client(
@@ -114,8 +137,10 @@ def sign_in(
         for _ in range(MAX_REDIRECTS):
             if response.status_code not in (301, 302, 303, 307, 308):
                 break
+            if not final_page and visitor.cookies.get(APP_COOKIE, domain=app_host):
+                break
             response = visitor.get(_redirect_target(response, "following the login"))
-        if response.status_code != 200:
+        if final_page and response.status_code != 200:
             raise BenchError(f"Access login ended with HTTP {response.status_code}")
         cookie = visitor.cookies.get(APP_COOKIE, domain=app_host)
     if not cookie:

@@ -376,6 +376,12 @@ class Bench:
         route = target.open_websocket_route(self.context)
         before = {role: process.tree_rss_kib() for role, process in route.rss_roles.items()}
         endpoint = route.endpoint
+        extra: list[str] = []
+        if endpoint.headers:
+            headers_file = self.context.workdir / f"ws-headers-{target.name}"
+            headers_file.touch(mode=0o600)
+            headers_file.write_text("".join(f"{header}\n" for header in endpoint.headers))
+            extra = ["--headers-file", str(headers_file)]
         holder = group.start(
             "ws-hold",
             [
@@ -389,6 +395,7 @@ class Bench:
                 str(self.settings.websocket_streams),
                 "--open-timeout",
                 str(WS_OPEN_TIMEOUT_S),
+                *extra,
             ],
             keep_stdin_open=True,
         )

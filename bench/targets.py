@@ -303,13 +303,16 @@ class Tunnelgate(Target):
 
     def open_websocket_route(self, context: RunContext) -> WebsocketRoute:
         """A second tunnel with its own connector, so its memory before and after is clean."""
+        return self._websocket_route(context, ())
+
+    def _websocket_route(self, context: RunContext, headers: tuple[str, ...]) -> WebsocketRoute:
         if self.edge is None:
             raise BenchError("edge not running")
         credentials = self._create_tunnel(context, "bench-ws", self.websocket_hostname)
         origin_url = f"http://127.0.0.1:{context.origins.websocket_port}"
         connector = self._start_connector(context, credentials, origin_url)
         self.websocket_connector = connector
-        endpoint = Endpoint(self.endpoint.port, self.websocket_hostname)
+        endpoint = Endpoint(self.endpoint.port, self.websocket_hostname, headers)
         wait_until(
             lambda: probe_websocket(endpoint, "/ws"),
             timeout_s=READY_TIMEOUT_S,
@@ -336,6 +339,7 @@ class TunnelgateAccess(Tunnelgate):
 
     auth_domain: str = "auth.localhost"
     email: str = "bench@example.com"
+    websocket_email: str = "bench-ws@example.com"
 
     def _init_options(self) -> list[str]:
         return ["--auth-domain", self.auth_domain]
@@ -346,7 +350,9 @@ class TunnelgateAccess(Tunnelgate):
         if self.edge is None:
             raise BenchError("edge not running")
         config = self.config_dir / "access.toml"
-        config.write_text(ACCESS_CONFIG.format(domain=self.hostname))
+        config.write_text(
+            ACCESS_CONFIG.format(domain=self.hostname, websocket_domain=self.websocket_hostname)
+        )
         _run_cli(
             [str(edge_cli), "apply", *self._admin(context)[1:], str(config)],
             "tunnelgate-edge apply",
@@ -373,8 +379,23 @@ class TunnelgateAccess(Tunnelgate):
         self._endpoint = signed_in
 
     def open_websocket_route(self, context: RunContext) -> WebsocketRoute:
-        raise BenchError(
-            "not measured: the idle-stream holder sends no session cookie (see the tunnelgate row)"
+        """The second tunnel behind its own Access app: each upgrade carries that app's cookie
+        and the Origin a browser would send, so every held stream has passed the gate and is
+        watched by its grant's guard (closed when the session ends)."""
+        if self.edge is None:
+            raise BenchError("edge not running")
+        cookie = sign_in(
+            port=self.endpoint.port,
+            app_host=self.websocket_hostname,
+            auth_host=self.auth_domain,
+            email=self.websocket_email,
+            edge_log=self.edge.stderr_path,
+            timeout_s=READY_TIMEOUT_S,
+            final_page=False,  # the WebSocket origin answers upgrades only
+        )
+        return self._websocket_route(
+            context,
+            (f"Cookie: {APP_COOKIE}={cookie}", f"Origin: http://{self.websocket_hostname}"),
         )
 
 

@@ -56,6 +56,7 @@ class Holder:
     host: str
     path: str
     count: int
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     opened: int = 0
     failed: int = 0
     dropped: int = 0
@@ -71,7 +72,8 @@ class Holder:
         stream = await trio.open_tcp_stream("127.0.0.1", self.port)
         try:
             websocket = WSConnection(ConnectionType.CLIENT)
-            await stream.send_all(websocket.send(Request(host=self.host, target=self.path)))
+            request = Request(host=self.host, target=self.path, extra_headers=self.headers)
+            await stream.send_all(websocket.send(request))
             while True:
                 data = await stream.receive_some(READ_SIZE)
                 if not data:
@@ -142,7 +144,8 @@ async def wait_for_stdin_eof() -> None:
 
 
 async def main(arguments: argparse.Namespace) -> None:
-    holder = Holder(arguments.port, arguments.host, arguments.path, arguments.count)
+    holder = Holder(arguments.port, arguments.host, arguments.path, arguments.count,
+                    read_headers(arguments.headers_file))
     limiter = trio.CapacityLimiter(arguments.parallel)
     started = time.monotonic()
     async with trio.open_nursery() as nursery:
@@ -165,6 +168,17 @@ async def main(arguments: argparse.Namespace) -> None:
         nursery.cancel_scope.cancel()
 
 
+def read_headers(path: str | None) -> list[tuple[bytes, bytes]]:
+    """``Name: value`` lines (a session cookie, say) that every upgrade request carries; they
+    come from a file, not argv, so a cookie never shows in the process list."""
+    if path is None:
+        return []
+    with open(path, encoding="latin-1") as lines:
+        pairs = [line.rstrip("\r\n").split(":", 1) for line in lines if line.strip()]
+    return [(name.strip().encode("latin-1"), value.strip().encode("latin-1"))
+            for name, value in pairs]
+
+
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
@@ -173,6 +187,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--parallel", type=int, default=100, help="handshakes in flight")
     parser.add_argument("--open-timeout", type=float, default=300.0)
+    parser.add_argument("--headers-file", help="extra upgrade headers, one 'Name: value' a line")
     return parser.parse_args()
 
 
