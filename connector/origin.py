@@ -410,12 +410,18 @@ async def _read_response_head(conn: OriginConnection, *, head_request: bool,
 
 
 def _head_headers(response: ResponseHead, *, keep_all: bool = False) -> list[tuple[str, str]]:
+    """The response's headers as the tunnel head carries them (hop-by-hop ones left out unless
+    ``keep_all``); worked out once per parsed head, which repeated heads share."""
+    if not keep_all and response.forwarded is not None:
+        return response.forwarded
     known = _RESPONSE_PAIRS.get
     pairs = []
     for name, value in response.headers:
         pair, hop_by_hop = known((name, value)) or _response_pair(name, value)
         if keep_all or not hop_by_hop:
             pairs.append(pair)
+    if not keep_all:
+        response.forwarded = pairs
     return pairs
 
 

@@ -118,11 +118,33 @@ def _request_header_line(name: bytes, value: bytes) -> bytes:
 
 @dataclass(slots=True)
 class ResponseHead:
-    """A parsed response head; ``headers`` keep the origin's spelling and order."""
+    """A parsed response head; ``headers`` keep the origin's spelling and order.
+
+    Heads that repeat byte for byte share one parsed object (``_HeadFacts``): read it, never
+    change it. ``forwarded`` is a place for what the dispatcher derives from it once."""
 
     status: int
     headers: list[tuple[bytes, bytes]]
     http_minor: int
+    forwarded: list[tuple[str, str]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _HeadFacts:
+    """A parsed head and what its framing depends on, remembered for heads that repeat."""
+
+    head: ResponseHead
+    lengths: frozenset[bytes]
+    codings: tuple[bytes, ...]
+    closes: bool
+
+
+# An origin answers the same resource with the same head bytes (within the second of its Date
+# line): a head parsed and scanned once is looked up afterwards. Bounded; a full table starts
+# over. Heads that fail to parse are never remembered.
+_HEADS_MAX = 256
+_HEAD_MAX = 4096
+_SEEN_HEADS: BoundedMemo[bytes, _HeadFacts] = BoundedMemo(_HEADS_MAX, _HEAD_MAX)
 
 
 # Origins repeat their response header lines (Server, Content-Type...): a short line parsed
@@ -264,9 +286,27 @@ class OriginConnection:
         if size > MAX_RESPONSE_HEAD:
             raise self._broken(f"origin response head exceeds {MAX_RESPONSE_HEAD} bytes")
         del buffer[:size]
+        facts = _SEEN_HEADS.get(head_bytes)
+        if facts is None:
+            facts = self._head_facts(head_bytes)
+        self._frame_body(facts, head_request)
+        return facts.head
+
+    def _head_facts(self, head_bytes: bytes) -> _HeadFacts:
         head = self._parse_head(head_bytes)
-        self._frame_body(head, head_request)
-        return head
+        lengths: set[bytes] = set()
+        codings: list[bytes] = []
+        closes = head.http_minor == 0
+        for name, value in head.headers:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                lengths.add(value.strip())
+            elif lowered == b"transfer-encoding":
+                codings += _comma_tokens(value)
+            elif lowered == b"connection":
+                closes = closes or b"close" in _comma_tokens(value)
+        facts = _HeadFacts(head, frozenset(lengths), tuple(codings), closes)
+        return _SEEN_HEADS.remember(head_bytes, facts, len(head_bytes))
 
     def _parse_head(self, head_bytes: bytes) -> ResponseHead:
         lines = head_bytes.split(b"\n")
@@ -291,36 +331,26 @@ class OriginConnection:
         name, value = parsed.groups()
         return _PARSED_RESPONSE_LINES.remember(raw, (name, value.rstrip(b" \t")), len(raw))
 
-    def _frame_body(self, head: ResponseHead, head_request: bool) -> None:
-        status = head.status
-        headers = head.headers
+    def _frame_body(self, facts: _HeadFacts, head_request: bool) -> None:
+        status = facts.head.status
         if status < 200:
             self._framing = _NO_BODY
             return
-        lengths: set[bytes] = set()
-        codings: list[bytes] = []
-        closes = head.http_minor == 0
-        for name, value in headers:
-            lowered = name.lower()
-            if lowered == b"content-length":
-                lengths.add(value.strip())
-            elif lowered == b"transfer-encoding":
-                codings += _comma_tokens(value)
-            elif lowered == b"connection":
-                closes = closes or b"close" in _comma_tokens(value)
-        if closes:
+        lengths, codings = facts.lengths, facts.codings
+        if facts.closes:
             self.reusable = False
         if codings and lengths:
             raise self._broken("origin sent both Transfer-Encoding and Content-Length")
         if head_request or status in (204, 304):
             self._framing = _NO_BODY
         elif codings:
-            if codings != [b"chunked"]:
-                raise self._broken(f"origin used an unsupported transfer coding {codings!r}")
+            if codings != (b"chunked",):
+                raise self._broken(f"origin used an unsupported transfer coding {list(codings)!r}")
             self._framing = _CHUNKED
             self._chunk_state = 0
         elif lengths:
-            if len(lengths) != 1 or not (length := lengths.pop()).isdigit() or len(length) > 18:
+            length = next(iter(lengths))
+            if len(lengths) != 1 or not length.isdigit() or len(length) > 18:
                 raise self._broken("origin sent an invalid or conflicting Content-Length")
             self._body_left = int(length)
             self._framing = _LENGTH if self._body_left else _NO_BODY

@@ -253,3 +253,31 @@ async def test_remembered_response_lines_parse_alike_and_stay_bounded() -> None:
         line = b"HTTP/1.1 204 No Content\r\nX-N: %d\r\n\r\n" % n
         await connection_with_answer(line, piece=len(line)).read_head()
     assert len(origin_pool._PARSED_RESPONSE_LINES) <= origin_pool._CHECKED_LINES_MAX
+
+
+async def test_a_repeated_head_is_parsed_once_and_framed_for_each_request() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nServer: t\r\nContent-Length: 5\r\n\r\nhello"
+    first = connection_with_answer(answer)
+    assert await read_all(first) == (200, [(b"Server", b"t"), (b"Content-Length", b"5")],
+                                      b"hello")
+    # The same bytes again: the parsed head is shared, the framing is this request's own.
+    again = connection_with_answer(answer)
+    shared = await again.read_head()
+    assert shared is (await connection_with_answer(answer).read_head())
+    assert await again.read_body() == b"hello"
+    for_head = connection_with_answer(answer)
+    head = await for_head.read_head(head_request=True)
+    assert head is shared
+    assert for_head.response_done  # a HEAD request's answer has no body, whatever it says
+
+
+async def test_a_head_that_fails_is_refused_every_time() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+    for _ in range(2):
+        with pytest.raises(OriginUnreachable, match="both Transfer-Encoding and Content-Length"):
+            await connection_with_answer(answer).read_head()
+    closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    for _ in range(2):
+        conn = connection_with_answer(closing)
+        await conn.read_head()
+        assert not conn.reusable
