@@ -26,6 +26,8 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from tunnel.bounded_memo import BoundedMemo
+
 __all__ = [
     "FORWARDING_HEADERS",
     "HOP_BY_HOP_HEADERS",
@@ -190,7 +192,46 @@ def clean_request_headers(
     scheme: str,
     trusted_proxies: Sequence[IPNetwork],
 ) -> CleanedHeaders:
-    """Apply the hygiene steps of the module docstring; ``host_value`` replaces ``Host``."""
+    """Apply the hygiene steps of the module docstring; ``host_value`` replaces ``Host``.
+
+    A client repeats its requests' headers (an API client, a poller, a page's assets): the
+    result for a header list seen before from the same peer is looked up, not worked out again.
+    It may be shared, so copy ``headers`` before changing it."""
+    key = (tuple(raw_headers), method, host_value, peer_ip, scheme, tuple(trusted_proxies))
+    try:
+        cleaned = _CLEANED.get(key)
+    except TypeError:  # a bytearray in a header: not hashable, never remembered
+        return _clean_request_headers(
+            raw_headers, method=method, host_value=host_value, peer_ip=peer_ip, scheme=scheme,
+            trusted_proxies=trusted_proxies,
+        )
+    if cleaned is None:
+        cleaned = _clean_request_headers(
+            raw_headers, method=method, host_value=host_value, peer_ip=peer_ip, scheme=scheme,
+            trusted_proxies=trusted_proxies,
+        )
+        size = sum(len(name) + len(value) for name, value in raw_headers)
+        _CLEANED.remember(key, cleaned, size)
+    return cleaned
+
+
+# Bounded in entries and in the size of a header list kept; a full table starts over.
+_CLEANED_MAX = 1024
+_CLEANED_HEADERS_MAX = 8192
+_CLEANED: BoundedMemo[tuple[object, ...], CleanedHeaders] = BoundedMemo(
+    _CLEANED_MAX, _CLEANED_HEADERS_MAX
+)
+
+
+def _clean_request_headers(
+    raw_headers: Sequence[tuple[bytes, bytes]],
+    *,
+    method: str,
+    host_value: bytes,
+    peer_ip: str,
+    scheme: str,
+    trusted_proxies: Sequence[IPNetwork],
+) -> CleanedHeaders:
     trusted = is_trusted_peer(peer_ip, trusted_proxies)
     # Every name is normalised once; the first pass reads the Connection and Upgrade tokens
     # the second one filters by.

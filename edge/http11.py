@@ -429,7 +429,7 @@ class _ClientConnection:
             port=host.port,
             path=canonical.path,
             query=canonical.query,
-            headers=cleaned.headers,
+            headers=list(cleaned.headers),  # the cleaned list may be shared
             client_ip=cleaned.client_ip,
             peer_ip=self._peer_ip,
             scheme=cleaned.scheme,

@@ -135,7 +135,31 @@ def split_headers(
     identity_headers: frozenset[bytes],
     cookies: frozenset[str],
 ) -> ScrubbedHeaders:
-    """One pass over the client's headers (names normalised): scrub, and keep what we read."""
+    """One pass over the client's headers (names normalised): scrub, and keep what we read.
+
+    A header list seen before is looked up, not split again; the result may be shared, so copy
+    ``kept`` before changing it."""
+    key = (tuple(headers), identity_headers, cookies)
+    try:
+        result = _SPLIT_SEEN.get(key)
+    except TypeError:  # a bytearray in a header: not hashable, never remembered
+        return _split_headers(headers, identity_headers, cookies)
+    if result is None:
+        result = _split_headers(headers, identity_headers, cookies)
+        _SPLIT_SEEN.remember(key, result, sum(len(n) + len(v) for n, v in headers))
+    return result
+
+
+_SPLIT_SEEN: BoundedMemo[tuple[object, ...], ScrubbedHeaders] = BoundedMemo(
+    _STRIPPED_SEEN_MAX, _STRIPPED_HEADER_MAX
+)
+
+
+def _split_headers(
+    headers: Sequence[tuple[bytes, bytes]],
+    identity_headers: frozenset[bytes],
+    cookies: frozenset[str],
+) -> ScrubbedHeaders:
     result = ScrubbedHeaders([], [])
     for normalised, (name, value) in zip(normalised_names(headers), headers, strict=True):
         if normalised == _COOKIE:
@@ -161,7 +185,7 @@ def scrub_headers(
     cookies: frozenset[str],
 ) -> list[tuple[bytes, bytes]]:
     """The headers without any identity header and without our cookies (names normalised)."""
-    return split_headers(headers, identity_headers, cookies).kept
+    return list(split_headers(headers, identity_headers, cookies).kept)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +242,7 @@ class AccessGate:
     ) -> AccessGrant | None:
         rt = self._rt
         scrubbed = split_headers(request.headers, rt.strip_headers, rt.strip_cookies)
-        request.headers = scrubbed.kept
+        request.headers = list(scrubbed.kept)  # the split may be shared
         cookie_headers = scrubbed.cookies
         client_id, client_secret = scrubbed.client_id, scrubbed.client_secret
         if self.flow.owns(request.path):

@@ -121,3 +121,28 @@ async def test_a_client_cannot_make_the_edge_drop_its_own_headers(
     seen = json.loads(body)
     assert seen["environ"]["HTTP_CF_ACCESS_AUTHENTICATED_USER_EMAIL"] == "rita@corp.com"
     assert seen["assertion"]["claims"]["email"] == "rita@corp.com"
+
+
+@pytest.mark.parametrize("host", ["app1.localhost", "open.localhost"])
+async def test_a_repeated_request_reaches_the_origin_the_same_every_time(
+    pin: PinDeployment, host: str
+) -> None:
+    # The edge remembers the cleaned and scrubbed header lists of a request it saw before;
+    # what it adds afterwards (the assertion, the e-mail) must never pile up in them.
+    cookie = await app_cookie(pin)
+    headers = [("Cookie", f"CF_Authorization={cookie}; keep=me"), ("X-Forwarded-Email", "m@e"),
+               ("Accept", "*/*")]
+    seen = []
+    for _ in range(3):
+        status, body = await raw_get(pin.stack, host, "/same", headers)
+        assert status == 200
+        seen.append(json.loads(body)["environ"])
+    assert seen[0] == seen[1] == seen[2]
+    assert "HTTP_X_FORWARDED_EMAIL" not in seen[0]
+    assertion = seen[0].get("HTTP_CF_ACCESS_JWT_ASSERTION")
+    if host == "app1.localhost":
+        assert assertion is not None
+        assert "," not in assertion
+        assert seen[0]["HTTP_CF_ACCESS_AUTHENTICATED_USER_EMAIL"] == "rita@corp.com"
+    else:
+        assert assertion is None
