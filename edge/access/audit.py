@@ -32,7 +32,7 @@ import trio
 from edge.store import Store
 from edge.store.access_records import DecisionRecord
 
-__all__ = ["AuditTrail", "PendingDecision"]
+__all__ = ["AuditTrail", "DecisionKey", "PendingDecision", "decision_key"]
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("tunnelgate.audit")
@@ -81,11 +81,13 @@ class _Entry:
         self.last_time = first.time
 
 
-_DecisionKey = tuple[str, str, str, str, str | None, str | None, str | None, str | None,
-                     str | None]
+DecisionKey = tuple[str, str, str, str, str | None, str | None, str | None, str | None,
+                    str | None]
+"""What identical decisions agree on: app, client address, action, reason, policy, e-mail,
+service token, host and path."""
 
 
-def _key(decision: PendingDecision) -> _DecisionKey:
+def decision_key(decision: PendingDecision) -> DecisionKey:
     context = decision.context
     return (decision.app, decision.client_ip, decision.action, decision.reason,
             decision.policy, decision.email, decision.service_token, context.get("host"),
@@ -104,15 +106,26 @@ class AuditTrail:
             raise ValueError("AuditTrail queue_size must be positive")
         self._store = store
         self._capacity = queue_size
-        self._pending: dict[_DecisionKey, _Entry] = {}
+        self._pending: dict[DecisionKey, _Entry] = {}
         self._wake = trio.Event()
         self._drained = trio.Event()
         self._drained.set()
         self.dropped = 0
 
-    def record(self, decision: PendingDecision) -> None:
-        """Count one decision in; never waits."""
-        key = _key(decision)
+    def count_again(self, key: DecisionKey, now: float) -> bool:
+        """Count a repeat of a decision already in the table (True); False when it is new and
+        must be ``record``ed. Spares the request path building a decision it only counts."""
+        entry = self._pending.get(key)
+        if entry is None:
+            return False
+        entry.count += 1
+        entry.last_time = now
+        return True
+
+    def record(self, decision: PendingDecision, key: DecisionKey | None = None) -> None:
+        """Count one decision in (``key``: its ``decision_key``, if already made); never waits."""
+        if key is None:
+            key = decision_key(decision)
         entry = self._pending.get(key)
         if entry is not None:
             entry.count += 1

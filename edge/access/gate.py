@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from urllib.parse import urlsplit
 
@@ -203,6 +203,7 @@ _SigninKey = tuple[tuple[bytes, ...], bytes | None, str]
 SIGNIN_MEMORY_SECONDS = 1.0
 """How long a checked sign-in is reused at most, even when nothing it rests on changed."""
 MAX_REMEMBERED_SIGNINS = 4096
+MAX_DECISIONS_PER_SIGNIN = 16
 MAX_REMEMBERED_COOKIE_BYTES = 16 * 1024
 
 
@@ -213,8 +214,9 @@ class _RememberedSignin:
     (every session, app session, epoch, logout or revocation bumps it), the catalog
     (applications, policies, revocations by e-mail or app), the signing keys (the minter), and
     the clock (the tokens', session's and app session's expiry, and at most
-    ``SIGNIN_MEMORY_SECONDS``). The policy decision, the audit entry and the WebSocket checks
-    are still made for every request."""
+    ``SIGNIN_MEMORY_SECONDS``). The policy decision is remembered per client address (all a
+    policy sees of the request besides the identity); the audit entry and the WebSocket checks
+    are made for every request."""
 
     signin: _Signin
     header_token: bool
@@ -224,6 +226,12 @@ class _RememberedSignin:
     catalog: object
     minter: object
     valid_until: float
+    decisions: dict[str, Decision] = field(default_factory=dict)
+
+    def keep_decision(self, client_ip: str, decision: Decision) -> None:
+        if len(self.decisions) >= MAX_DECISIONS_PER_SIGNIN:
+            self.decisions.clear()
+        self.decisions[client_ip] = decision
 
 
 class AccessGate:
@@ -270,8 +278,13 @@ class AccessGate:
             if signin is None:
                 signin = self._signin(app, cookie_headers)
         identity = signin.session.identity if signin is not None else None
-        facts = client_facts(request)
-        decision = decide(identity, app.policies, facts)
+        # Policies see the identity and the client's address only (``client_facts``): a
+        # remembered sign-in keeps the decisions it got per address.
+        decision = remembered.decisions.get(request.client_ip) if remembered else None
+        if decision is None:
+            decision = decide(identity, app.policies, client_facts(request))
+            if remembered is not None:
+                remembered.keep_decision(request.client_ip, decision)
         self._audit(request, app, decision, identity)
         if decision.action == "bypass":
             return OPEN_GRANT
@@ -287,9 +300,10 @@ class AccessGate:
             return None
         if remembered is None:
             remembered = self._remember(key, app, signin, header_token)
+            remembered.keep_decision(request.client_ip, decision)
         request.headers.extend(remembered.origin_headers)
         if request.is_websocket_upgrade:
-            still_valid = self._session_check(signin, app.aud, facts)
+            still_valid = self._session_check(signin, app.aud, client_facts(request))
             return AccessGrant(remembered.grant.identity, still_valid, rt)
         return remembered.grant
 

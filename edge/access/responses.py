@@ -102,7 +102,10 @@ _ADDRESSES: BoundedMemo[str, IPAddress] = BoundedMemo(4096, 64)
 
 
 def client_facts(request: IncomingRequest, path: str | None = None) -> RequestFacts:
-    """The request facts policies see; an unparsable peer address counts as 0.0.0.0."""
+    """The request facts policies see; an unparsable peer address counts as 0.0.0.0.
+
+    The gate remembers a sign-in's decisions per client address (``_RememberedSignin``): a fact
+    of the request added here must join that key."""
     address = _client_address(request.client_ip)
     return RequestFacts(client_ip=address, path=request.path if path is None else path)
 

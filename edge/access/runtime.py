@@ -569,22 +569,27 @@ class AccessRuntime:
         reason: str,
         policy: str | None,
         identity: Identity | None,
+        host: str | None = None,
+        path: str | None = None,
         **context: str,
     ) -> None:
+        """Count one decision into the audit trail (and the metrics); never waits."""
         if self._count_decision is not None:
             self._count_decision(action, reason)
+        email = identity.email if identity is not None and identity.email else None
+        token = identity.service_token if identity is not None else None
+        now = self.clock()
+        key = (app.name, client_ip, action, reason, policy, email, token, host, path)
+        if self.audit.count_again(key, now):
+            return
+        if host is not None:
+            context["host"] = host
+        if path is not None:
+            context["path"] = path
         self.audit.record(
-            PendingDecision(
-                self.clock(),
-                app.name,
-                client_ip,
-                action,
-                reason,
-                policy,
-                identity.email if identity is not None and identity.email else None,
-                identity.service_token if identity is not None else None,
-                context,
-            )
+            PendingDecision(now, app.name, client_ip, action, reason, policy, email, token,
+                            context),
+            key,
         )
 
     # -- identity providers --------------------------------------------------------------
