@@ -100,11 +100,11 @@ class TunnelRegistry:
         start = next(self._turn) % len(conns)
         best: LiveConnection | None = None
         best_load = 0
-        for offset in range(len(conns)):
-            conn = conns[(start + offset) % len(conns)]
-            if conn.session.draining:
+        for conn in conns[start:] + conns[:start] if start else conns:
+            session = conn.session
+            if session.draining:
                 continue
-            load = conn.session.open_streams
+            load = session.open_streams
             if best is None or load < best_load:
                 best, best_load = conn, load
         return best

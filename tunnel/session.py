@@ -158,7 +158,8 @@ class TunnelSession:
         self._writer_done = trio.Event()
         self._closed = trio.Event()
         self._drained = trio.Event()
-        self._draining = False
+        self.draining = False
+        """Set after a GOAWAY either way: no new streams here (read on every stream opened)."""
         self._refused = False
         self._registration = trio.Event()
         self._registration_answer: Registered | Refused | None = None
@@ -177,10 +178,6 @@ class TunnelSession:
     @property
     def open_streams(self) -> int:
         return len(self._streams)
-
-    @property
-    def draining(self) -> bool:
-        return self._draining
 
     @property
     def closed(self) -> bool:
@@ -252,7 +249,7 @@ class TunnelSession:
         The refusal is flushed, every open stream fails, and the session closes.
         """
         self.connection.refuse(code, message, permanent)
-        self._draining = True
+        self.draining = True
         self._terminate(SessionClosed(f"registration refused ({code})"))
         await self._finish()
 
@@ -271,8 +268,9 @@ class TunnelSession:
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_can_open()
-        await self.wait_for_room()
-        self._check_can_open()
+        if self.outgoing_room <= 0:
+            await self.wait_for_room()
+            self._check_can_open()
         try:
             stream_id = self.connection.open_stream(head, end_stream)
         except LocalProtocolError as error:
@@ -290,7 +288,7 @@ class TunnelSession:
     def _check_can_open(self) -> None:
         if self.close_reason is not None:
             raise self._closed_error()
-        if self._draining:
+        if self.draining:
             raise SessionDraining(f"{self.label} is draining; open the stream elsewhere")
 
     def go_away(self, code: ErrorCode = ErrorCode.NO_ERROR, message: str = "") -> None:
@@ -298,7 +296,7 @@ class TunnelSession:
         if self.close_reason is not None:
             return
         self.connection.go_away(code, message)
-        self._draining = True
+        self.draining = True
         self.kick_writer()
         if code is not ErrorCode.NO_ERROR:
             self._terminate(SessionClosed(message or f"went away with {code.name}", code=code))
@@ -355,7 +353,7 @@ class TunnelSession:
             self._check_drained()
 
     def _check_drained(self) -> None:
-        if self._draining and not self._streams:
+        if self.draining and not self._streams:
             self._drained.set()
             self._terminate(SessionClosed(f"{self.label} drained", by_peer=False))
 
@@ -481,7 +479,7 @@ class TunnelSession:
                     await self.wait_for_room()
 
     def _transport_ended(self, error: TransportClosed) -> None:
-        if self._refused or (self._draining and not self._streams):
+        if self._refused or (self.draining and not self._streams):
             self._terminate(SessionClosed(f"{self.label}: the peer closed", by_peer=True))
         else:
             self._terminate(ConnectionLost(f"{self.label}: {error}", by_peer=True))
@@ -541,7 +539,7 @@ class TunnelSession:
             self._registration.set()
         elif isinstance(event, Refused):
             self._refused = True
-            self._draining = True
+            self.draining = True
             self._registration_answer = event
             self._registration.set()
             self._terminate(
@@ -552,7 +550,7 @@ class TunnelSession:
 
     def _on_stream_opened(self, event: StreamOpened) -> None:
         stream_id = event.stream_id
-        if self._handle_stream is None or self._workers is None or self._draining:
+        if self._handle_stream is None or self._workers is None or self.draining:
             self.connection.reset_stream(stream_id, ErrorCode.REFUSED_STREAM)
             return
         stream = TunnelStream(self, stream_id, event.head, remote_ended=event.end_stream)
@@ -578,7 +576,7 @@ class TunnelSession:
             await stream.aclose()
 
     def _on_goaway(self, event: GoAwayReceived) -> None:
-        self._draining = True
+        self.draining = True
         if event.code is not ErrorCode.NO_ERROR:
             self._terminate(
                 ProtocolViolation(

@@ -294,7 +294,10 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         """Check cancellation and the stream, wait for room in the session; True if it waited."""
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_send()
-        waited = await self._session.wait_for_room()
+        session = self._session
+        if session.outgoing_room > 0:  # the usual case: no coroutine for a wait that is not one
+            return False
+        waited = await session.wait_for_room()
         self._check_send()
         return waited
 
