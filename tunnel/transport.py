@@ -11,8 +11,6 @@ client must mask what it sends, and a general-purpose frame layer spends more on
 copies than on the masking itself. Masking uses a fresh random key per frame and
 websockets' C ``apply_mask`` (``bytes.translate`` over the four byte lanes without it), so
 it runs at close to memory-copy speed (``tunnel.protocol.websocket``).
-
-Time limits belong to the caller (``trio.move_on_after`` around the handshake).
 """
 
 from __future__ import annotations
