@@ -13,11 +13,12 @@ For every request, whatever its host:
    (an app JWT, verified once per token and then only checked for expiry, with its session
    looked up in memory; a token another edge of the store issued is accepted while its global
    session is live here, see :mod:`edge.access.runtime`) give the identity, and ``decide()``
-   the outcome, for every request. A granted sign-in (cookie, session, app session, the app
-   token the origin gets) is reused by the requests that present the same cookies for the same
-   application for at most a second, and only while no session, revocation, logout, catalog
-   or key change happened since and nothing it rests on expired (``_RememberedSignin``):
-   checking it again for every request was a seventh of the edge's work per request.
+   the outcome. A granted sign-in (cookie, session, app session, the app token the origin
+   gets, and the decisions per client address) is reused by the requests that present the
+   same cookies for the same application for at most a second, and only while no session,
+   revocation, logout, catalog or key change happened since and nothing it rests on expired
+   (``_RememberedSignin``): checking it again for every request was a seventh of the edge's
+   work per request. Every request is still audited and counted.
 
 Outcomes: allowed requests get the app token in the app's assertion header (minted per session
 and app, reused until near expiry) and the e-mail header, and the token's claims travel in the
@@ -121,7 +122,8 @@ def _strip_cookie_pairs_uncached(value: bytes, ours: frozenset[str]) -> bytes:
 @dataclass(slots=True)
 class ScrubbedHeaders:
     """A request's headers without identity headers and our cookies, plus what Access reads
-    from the client's originals: every ``Cookie`` value and the service-token credentials."""
+    from the client's originals: every ``Cookie`` value and the service-token credentials.
+    ``split_headers`` may hand the same one to several requests: read it, never change it."""
 
     kept: list[tuple[bytes, bytes]]
     cookies: list[bytes]
