@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import trio
@@ -236,7 +236,9 @@ class OriginDispatcher:
                             service: HttpService, options: OriginRequest
                             ) -> OriginConnection | None:
         """Forward one exchange; after a 101 to a WebSocket upgrade, the connection to relay."""
-        method, target, headers, body_mode, websocket = _request_parts(head, options)
+        method, target, headers, body_mode, websocket, request_head = _origin_request(
+            head, options)
+        headers_sent: Sequence[tuple[bytes, bytes]] = headers
         first_chunk = b""
         if body_mode == "unknown" and stream.remote_finished:
             body_mode = "none"  # the edge opened the stream already ended: no body
@@ -244,11 +246,8 @@ class OriginDispatcher:
             first_chunk = bytes(await stream.receive_some(CHUNK))
             body_mode = "stream" if first_chunk else "none"
             if first_chunk:
-                headers.append((b"transfer-encoding", b"chunked"))
-        try:
-            request_head = encode_request_head(method, target, headers)
-        except InvalidRequest as exc:
-            raise StreamAbort(ErrorCode.PROTOCOL_ERROR, f"bad request head: {exc}") from None
+                headers_sent = [*headers, (b"transfer-encoding", b"chunked")]
+                request_head = _encode_or_abort(method, target, headers_sent)
         head_request = method == b"HEAD"
         deadlines = self.deadlines
         for attempt in (1, 2):
@@ -279,7 +278,7 @@ class OriginDispatcher:
                     await _forward_response(stream, conn, response)
                 else:
                     await self._exchange_with_body(stream, conn, request_head, first_chunk,
-                                                   _body_framing(headers), head_request,
+                                                   _body_framing(headers_sent), head_request,
                                                    service, options)
             except BaseException:
                 await self.pool.discard(conn)
@@ -332,6 +331,48 @@ class OriginDispatcher:
 def _response_timeout(service: HttpService, options: OriginRequest) -> OriginTimeout:
     return OriginTimeout(f"{service} sent no response head within "
                          f"{options.response_header_timeout:g}s")
+
+
+_OriginRequest = tuple[bytes, bytes, tuple[tuple[bytes, bytes], ...], str, bool, bytes]
+"""Method, target, origin-bound headers, body mode, websocket, and the encoded request head."""
+
+
+def _origin_request(head: Mapping[str, Any], options: OriginRequest) -> _OriginRequest:
+    """What ``_request_parts`` makes of a head, with the request head encoded; a request seen
+    before (the same method, target, host, headers, client and scheme for the same rule) is
+    looked up. Heads that fail are never remembered."""
+    raw_headers = head.get("headers")
+    try:
+        key = (head.get("method"), head.get("target"), head.get("host"),
+               tuple(raw_headers) if type(raw_headers) is list else raw_headers,
+               head.get("client"), head.get("scheme"), id(options))
+        known = _ORIGIN_REQUESTS.get(key)
+    except TypeError:  # something unhashable in a (malformed) head
+        key, known = None, None
+    if known is not None:
+        return known[0]
+    method, target, headers, body_mode, websocket = _request_parts(head, options)
+    encoded = _encode_or_abort(method, target, headers)
+    request: _OriginRequest = (method, target, tuple(headers), body_mode, websocket, encoded)
+    if key is not None:
+        # The options are kept with the entry, so their id in the key cannot be reused.
+        _ORIGIN_REQUESTS.remember(key, (request, options), len(encoded))
+    return request
+
+
+def _encode_or_abort(method: bytes, target: bytes,
+                     headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+    try:
+        return encode_request_head(method, target, list(headers))
+    except InvalidRequest as exc:
+        raise StreamAbort(ErrorCode.PROTOCOL_ERROR, f"bad request head: {exc}") from None
+
+
+# Requests repeat (a poller, an API client, a page's assets): a request head made once for a rule
+# is looked up afterwards. Bounded in entries and in the size of a head kept.
+_ORIGIN_REQUESTS: BoundedMemo[tuple[object, ...], tuple[_OriginRequest, OriginRequest]] = (
+    BoundedMemo(1024, 8192)
+)
 
 
 def _request_parts(head: Mapping[str, Any], options: OriginRequest
@@ -388,7 +429,7 @@ def _request_parts(head: Mapping[str, Any], options: OriginRequest
     return method, target, headers, "unknown", False
 
 
-def _body_framing(headers: list[tuple[bytes, bytes]]) -> int | None:
+def _body_framing(headers: Sequence[tuple[bytes, bytes]]) -> int | None:
     """The request body's declared length, or None when it is sent chunked."""
     for name, value in headers:
         if name.lower() == b"content-length":

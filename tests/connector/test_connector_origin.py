@@ -293,3 +293,29 @@ async def test_request_retried_once_when_reused_connection_turns_out_dead(
         assert view.status == 200
     assert server.accepted == 2
     assert [path for _method, path, _headers in server.requests] == ["/bye", "/hello"]
+
+
+async def test_a_repeated_request_is_encoded_once_and_a_body_still_gets_its_framing(
+        origin: tuple[H11Origin, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    from connector import origin as origin_module
+    server, port = origin
+    encoded: list[bytes] = []
+    real = origin_module.encode_request_head
+
+    def counting(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+        encoded.append(target)
+        return real(method, target, headers)
+
+    monkeypatch.setattr(origin_module, "encode_request_head", counting)
+    # Received heads carry their pairs as tuples (tunnel.protocol.header_table).
+    head = {**http_head("/sha256", method="POST"), "headers": [("Accept", "*/*")]}
+    async with OriginDispatcher(table_for(f"http://127.0.0.1:{port}")) as dispatcher:
+        views = [await run_exchange(dispatcher.serve_stream, dict(head), ended=True)
+                 for _ in range(2)]
+        with_body = await run_exchange(dispatcher.serve_stream, dict(head), [b"abc"])
+    assert [json.loads(v.body)["size"] for v in views] == [0, 0]
+    assert json.loads(with_body.body) == {"sha256": hashlib.sha256(b"abc").hexdigest(),
+                                          "size": 3}
+    assert server.requests[-1][2].get("transfer-encoding") == "chunked"
+    assert "transfer-encoding" not in server.requests[0][2]
+    assert encoded == [b"/sha256", b"/sha256"]  # the first head, then its chunked variant
