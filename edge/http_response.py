@@ -146,7 +146,34 @@ class ResponseWriter:
     ) -> bool:
         """Append the checked lines of the headers to send; False (with the lines incomplete)
         when a Connection header turned up and ``nominated`` was not given yet (None). A
-        header that could split the response raises, unless it is one that is dropped anyway."""
+        header that could split the response raises, unless it is one that is dropped anyway.
+        A header list seen before (an origin repeats its answers' headers) is looked up."""
+        try:
+            key = (tuple(headers), nominated)
+            block = _CHECKED_BLOCKS.get(key)
+        except TypeError:  # bytearray or memoryview: not hashable, never remembered
+            key, block = None, None
+        if block is not None:
+            lines.extend(block[0])
+            lengths.update(block[1])
+            return True
+        first = len(lines)
+        if not self._check_header_lines(headers, lines, lengths, nominated):
+            return False
+        if key is not None:
+            _CHECKED_BLOCKS.remember(
+                key, (tuple(lines[first:]), frozenset(lengths)),
+                sum(len(line) for line in lines[first:]),
+            )
+        return True
+
+    def _check_header_lines(
+        self,
+        headers: Sequence[tuple[bytes, bytes]],
+        lines: list[bytes],
+        lengths: set[bytes],
+        nominated: frozenset[bytes] | None,
+    ) -> bool:
         known = _CHECKED_HEADERS.get
         dropped = nominated or frozenset()
         invalid: bytes | None = None
@@ -288,6 +315,10 @@ _FIELD_VALUE = re.compile(
 _STATUS_LINES: dict[int, bytes] = {}
 # Origins repeat their response headers (Server, Content-Type, Cache-Control...): a header
 # checked once is not checked again. Bounded; a full table starts over.
+# The checked lines of whole header lists that passed (a list that raised is never kept).
+_CHECKED_BLOCKS: BoundedMemo[
+    tuple[object, ...], tuple[tuple[bytes, ...], frozenset[bytes]]
+] = BoundedMemo(1024, 8192)
 _CHECKED_HEADERS_MAX = 4096
 _CHECKED_VALUE_MAX = 256
 _CHECKED_HEADERS: BoundedMemo[tuple[bytes, bytes], tuple[bytes, bytes | None]] = BoundedMemo(

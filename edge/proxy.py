@@ -16,7 +16,7 @@ or the origin (refused, timed out), so an operator knows which side to look at.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, Protocol
 
@@ -409,6 +409,29 @@ def _response_pair(name: object, value: object) -> tuple[bytes, bytes, str]:
 
 def _encoded_headers(
     raw_headers: list[Any], skip: frozenset[str] = frozenset()
+) -> Sequence[tuple[bytes, bytes]]:
+    """The response head's pairs as the client gets them, less the names in ``skip``; a list of
+    pairs seen before (the header table hands the same pairs again) is looked up."""
+    try:
+        key = (tuple(raw_headers), skip)
+        known_list = _RESPONSE_LISTS.get(key)
+    except TypeError:  # not text pairs (the head was checked for shape, not for types)
+        key, known_list = None, None
+    if known_list is not None:
+        return known_list
+    encoded = tuple(_encode_pairs(raw_headers, skip))
+    if key is not None:
+        _RESPONSE_LISTS.remember(key, encoded, sum(len(n) + len(v) for n, v in encoded))
+    return encoded
+
+
+_RESPONSE_LISTS: BoundedMemo[tuple[object, ...], tuple[tuple[bytes, bytes], ...]] = (
+    BoundedMemo(1024, 8192)
+)
+
+
+def _encode_pairs(
+    raw_headers: list[Any], skip: frozenset[str]
 ) -> list[tuple[bytes, bytes]]:
     known = _RESPONSE_PAIRS.get
     encoded = []

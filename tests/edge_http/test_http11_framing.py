@@ -223,3 +223,16 @@ async def test_a_write_that_must_wait_keeps_later_writes_behind_it() -> None:
             nursery.start_soon(read_all)
         await stream.aclose()
     assert bytes(received) == first + second
+
+
+async def test_a_header_list_seen_before_answers_alike_with_its_own_framing() -> None:
+    headers = [(b"Server", b"nginx"), (b"Connection", b"close"), (b"Content-Length", b"2")]
+    for method in ("GET", "GET", "HEAD"):
+        stream = CountingStream(b"")
+        respond = writer_for(stream)
+        respond._request.method = method
+        await respond.start(200, list(headers), body=b"ok" if method == "GET" else b"",
+                            end=True)
+        assert respond.must_close  # named in this answer's Connection, every time
+        expected = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"
+        assert b"".join(stream.writes) == expected + (b"ok" if method == "GET" else b"")
