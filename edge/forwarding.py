@@ -200,18 +200,17 @@ def clean_request_headers(
     key = (tuple(raw_headers), method, host_value, peer_ip, scheme, tuple(trusted_proxies))
     try:
         cleaned = _CLEANED.get(key)
+        hashable = True
     except TypeError:  # a bytearray in a header: not hashable, never remembered
-        return _clean_request_headers(
-            raw_headers, method=method, host_value=host_value, peer_ip=peer_ip, scheme=scheme,
-            trusted_proxies=trusted_proxies,
-        )
+        cleaned, hashable = None, False
     if cleaned is None:
         cleaned = _clean_request_headers(
             raw_headers, method=method, host_value=host_value, peer_ip=peer_ip, scheme=scheme,
             trusted_proxies=trusted_proxies,
         )
-        size = sum(len(name) + len(value) for name, value in raw_headers)
-        _CLEANED.remember(key, cleaned, size)
+        if hashable:
+            size = sum(len(name) + len(value) for name, value in raw_headers)
+            _CLEANED.remember(key, cleaned, size)
     return cleaned
 
 

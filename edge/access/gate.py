@@ -144,11 +144,13 @@ def split_headers(
     key = (tuple(headers), identity_headers, cookies)
     try:
         result = _SPLIT_SEEN.get(key)
+        hashable = True
     except TypeError:  # a bytearray in a header: not hashable, never remembered
-        return _split_headers(headers, identity_headers, cookies)
+        result, hashable = None, False
     if result is None:
         result = _split_headers(headers, identity_headers, cookies)
-        _SPLIT_SEEN.remember(key, result, sum(len(n) + len(v) for n, v in headers))
+        if hashable:
+            _SPLIT_SEEN.remember(key, result, sum(len(n) + len(v) for n, v in headers))
     return result
 
 

@@ -227,3 +227,20 @@ def test_underscore_spellings_of_framing_headers_are_dropped(name: bytes) -> Non
     assert name not in [n for n, _ in cleaned.headers]
     assert (b"X_Custom_Header", b"kept") in cleaned.headers
     assert values(cleaned.headers, b"host") == [b"app.example.com"]
+
+
+def test_a_header_list_seen_before_is_cleaned_alike_per_peer_and_unhashable_ones_still_work(
+) -> None:
+    from edge import forwarding
+
+    headers: Headers = [(b"Accept", b"*/*"), (b"X-Forwarded-For", b"198.51.100.1")]
+    first = clean(headers)
+    assert clean(list(headers)) is first  # looked up, not worked out again
+    other_peer = clean(headers, peer="192.0.2.44")
+    assert values(other_peer.headers, b"x-forwarded-for") == [b"192.0.2.44"]
+    assert values(first.headers, b"x-forwarded-for") == [PEER.encode()]
+    # A bytearray cannot key the table: cleaned all the same, never remembered.
+    before = len(forwarding._CLEANED)
+    unhashable = clean([(b"Accept", bytearray(b"text/html"))])
+    assert values(unhashable.headers, b"accept") == [bytearray(b"text/html")]
+    assert len(forwarding._CLEANED) == before
