@@ -71,7 +71,7 @@ from edge.http_messages import (
     reason_phrase,
 )
 from edge.pages import render_error, wants_json
-from edge.request_head import find_head_end, parse_head
+from edge.request_head import HeaderListRejected, find_head_end, header_facts, parse_head
 from tunnel.deadlines import deadline_keeper
 
 __all__ = [
@@ -348,39 +348,19 @@ class _ClientConnection:
         context: _ErrorContext,
     ) -> tuple[IncomingRequest, bool]:
         limits = self._limits
-        hosts: list[bytes] = []
-        lengths: list[bytes] = []
-        codings: list[bytes] = []
-        expects_continue = False
-        upgrade_requested = False
-        accept: bytes | None = None
-        # One pass reads everything the checks below need (and the Accept an error page
-        # follows), before any of them can fail.
-        for name, value in raw_headers:
-            lowered = name.lower()
-            if lowered == b"host":
-                hosts.append(value)
-            elif lowered == b"accept":
-                if accept is None:
-                    accept = value
-            elif lowered == b"content-length":
-                lengths.extend(part.strip() for part in value.split(b","))
-            elif lowered == b"transfer-encoding":
-                codings.extend(t.strip().lower() for t in value.split(b",") if t.strip())
-            elif lowered == b"expect":
-                expects_continue = version == "1.1" and value.lower() == b"100-continue"
-            elif lowered == b"upgrade" and value.strip(b" \t,"):
-                upgrade_requested = True
-        context.accept = accept
         if len(raw_headers) > limits.max_headers:
             raise HeadersTooLarge("too many request headers")
         if version not in ("1.0", "1.1"):
             raise VersionNotSupported("only HTTP/1.0 and HTTP/1.1 are served here")
         if method == "CONNECT":
             raise BadRequest("CONNECT is not supported")
-        if len(hosts) != 1:
-            raise BadRequest("a request needs exactly one Host header")
-        host = parse_host_header(_ascii(hosts[0], "Host header"))
+        try:
+            facts = header_facts(raw_headers, version)
+        except HeaderListRejected as rejected:
+            context.accept, context.host = rejected.accept, rejected.host
+            raise
+        context.accept = facts.accept
+        host = facts.host
         context.host = host.host
         target = _ascii(raw_target, "request target")
         absolute = split_absolute_target(target)
@@ -397,17 +377,7 @@ class _ClientConnection:
             self._encoded_slash_allowed is not None and self._encoded_slash_allowed(host.host)
         )
         canonical = canonical_path(target, allow_encoded_slash=allow_encoded_slash)
-
-        chunked = bool(codings)
-        if chunked and codings != [b"chunked"]:
-            raise BadRequest("only Transfer-Encoding: chunked is supported", status=501)
-        if lengths and chunked:
-            raise BadRequest("a request cannot carry both Content-Length and Transfer-Encoding")
-        content_length = None
-        if lengths:
-            if len(set(lengths)) != 1 or not lengths[0].isdigit() or len(lengths[0]) > 18:
-                raise BadRequest("the Content-Length is invalid or conflicting")
-            content_length = int(lengths[0])
+        content_length = facts.content_length
         if (
             limits.max_body_bytes is not None
             and content_length is not None
@@ -418,7 +388,7 @@ class _ClientConnection:
         cleaned = clean_request_headers(
             raw_headers,
             method=method,
-            host_value=str(host).encode("ascii"),
+            host_value=facts.host_value,
             peer_ip=self._peer_ip,
             scheme=self._scheme,
             trusted_proxies=self._trusted_proxies,
@@ -435,13 +405,13 @@ class _ClientConnection:
             scheme=cleaned.scheme,
             http_version=version,
             is_websocket_upgrade=cleaned.is_websocket_upgrade,
-            expects_continue=expects_continue,
+            expects_continue=facts.expects_continue,
             content_length=content_length,
             request_id=context.request_id,
-            chunked=chunked,
+            chunked=facts.chunked,
             close_requested=b"close" in cleaned.connection_tokens,
         )
-        return request, upgrade_requested
+        return request, facts.upgrade_requested
 
     async def _run_handler(
         self,
