@@ -6,9 +6,12 @@ so an unauthenticated peer never reaches the frame parser. After the upgrade the
 `Register` must name the same tunnel its credential belongs to.
 
 The registry is what the proxy asks "which live connection carries this tunnel?". It spreads
-streams over a tunnel's connections by picking the one with the fewest open streams, skipping
-connections that are draining, and it is touched only by tasks of the one trio run, so it needs
-no lock.
+streams over a tunnel's connections by picking the least loaded one, skipping connections that
+are draining, and it is touched only by tasks of the one trio run, so it needs no lock. A
+connection's load is its open streams, a bulk transfer (``TunnelSession.bulk_streams``) counting
+as ``BULK_STREAM_WEIGHT`` of them: a small request opened behind a 64 MiB download on the same
+connection waits for up to a megabyte of it in the pipe, so small requests go to the other
+connections while there are any (the head-of-line row in bench/README.md).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from tunnel.websocket_handshake import HandshakeRequest, Rejection, accept_webso
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
+BULK_STREAM_WEIGHT = 64
 REGISTER_TIMEOUT = 10.0
 
 
@@ -104,7 +108,7 @@ class TunnelRegistry:
             session = conn.session
             if session.draining:
                 continue
-            load = session.open_streams
+            load = session.open_streams + BULK_STREAM_WEIGHT * len(session.bulk_streams)
             if best is None or load < best_load:
                 best, best_load = conn, load
         return best

@@ -152,6 +152,8 @@ class TunnelSession:
         self.close_reason: SessionClosed | None = None
         self._handle_stream = handle_stream
         self._streams: dict[int, TunnelStream] = {}
+        self.bulk_streams: set[TunnelStream] = set()
+        """Open streams that moved ``streams.BULK_BYTES`` or more (kept by the streams)."""
         self._writer_wakeup = trio.Event()
         self._room = trio.lowlevel.ParkingLot()
         self._terminated = trio.Event()

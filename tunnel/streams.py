@@ -17,6 +17,11 @@ it uses: no attribute dict, a receive buffer only while received bytes wait to b
 one slot per direction for the task waiting there (a stream has at most one receiving and one
 sending task) instead of a ``ParkingLot``, which costs several times as much once a task waits.
 The response head is received like data: it is the first thing that arrives.
+
+A stream that has moved ``BULK_BYTES`` either way is a bulk transfer: it joins its session's
+``bulk_streams`` until it closes, so that the edge opens new streams on another connection of
+the tunnel where it can (``edge.tunnels``). A bulk stream keeps up to a whole grown window
+(1 MiB) in the connection's pipe, and a small request opened behind it waits for all of it.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ if TYPE_CHECKING:
 DEFAULT_RECEIVE_SIZE = 256 * 1024
 # Smallest DATA write worth making when the session's outgoing buffer is nearly full.
 MIN_WRITE = 16 * 1024
+# Bytes a stream moves (taken plus sent) before it counts as a bulk transfer: one initial window.
+BULK_BYTES = 256 * 1024
 
 
 class _Waiter:
@@ -77,6 +84,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         "_inbound_offset",
         "_inbound_size",
         "_local_ended",
+        "_moved",
         "_receiver",
         "_receiving",
         "_remote_ended",
@@ -110,6 +118,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         self._sender = _Waiter()
         self._sending = False
         self._receiving = False
+        self._moved = 0
 
     def __repr__(self) -> str:
         return f"<TunnelStream {self.stream_id} of {self._session.label}>"
@@ -282,6 +291,8 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         size = len(data)
         self._inbound_size -= size
+        if self._moved < BULK_BYTES:
+            self._count_moved(size)
         conn = self._conn
         conn.consumed(self.stream_id, size)
         if conn.outgoing_size:
@@ -373,6 +384,8 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                     conn.send_data(stream_id, view[offset : offset + size])
                     offset += size
                     session.kick_writer()
+                    if self._moved < BULK_BYTES:
+                        self._count_moved(size)
             if not waited:
                 await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
@@ -450,10 +463,17 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         if conn.stream_is_open(stream_id):
             conn.reset_stream(stream_id, ErrorCode.CANCEL)
 
+    def _count_moved(self, size: int) -> None:
+        self._moved += size
+        if self._moved >= BULK_BYTES and not self._closed:
+            self._session.bulk_streams.add(self)
+
     def _close_locally(self) -> None:
         self._closed = True
         self._inbound = None
         self._inbound_size = 0
+        if self._moved >= BULK_BYTES:
+            self._session.bulk_streams.discard(self)
         self._session.kick_writer()
         self._session.forget_stream(self.stream_id)
         self._wake_all()

@@ -73,7 +73,8 @@ def test_the_facts_of_a_header_list_and_its_second_lookup() -> None:
     assert facts.host_value == b"app.example.com:8443"
     assert facts.accept == b"text/html"
     assert (facts.content_length, facts.chunked) == (5, False)
-    assert facts.expects_continue and facts.upgrade_requested
+    assert facts.expects_continue
+    assert facts.upgrade_requested
     assert header_facts(list(headers), "1.1") is facts  # looked up, not read again
     # Expect means nothing to HTTP/1.0: the version is part of what is remembered.
     assert not header_facts(headers, "1.0").expects_continue

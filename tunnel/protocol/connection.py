@@ -94,16 +94,18 @@ class _Stream:
         "recv_window",
         "remote_ended",
         "returned",
+        "seen_id",
         "send_window",
         "window",
     )
 
-    def __init__(self, send_window: int, recv_window: int) -> None:
+    def __init__(self, send_window: int, recv_window: int, stream_id: int) -> None:
         self.send_window = send_window
         self.recv_window = recv_window
         self.window = recv_window  # the credit this stream is allowed to reach, grows
         self.returned = 0  # credit given back since the window last grew
-        self.owed = 0
+        self.owed = 0  # below 0 while credit is held back after the window shrank
+        self.seen_id = stream_id  # the newest stream of the connection at the last grant
         self.local_ended = False
         self.remote_ended = False
         self.head_sent = False
@@ -258,7 +260,7 @@ class TunnelConnection:
         if stream_id > MAX_U32:
             raise LocalProtocolError(ErrorCode.REFUSED_STREAM, "stream ids are exhausted")
         self._highest_stream_id = stream_id
-        stream = _Stream(peer.initial_window, self.limits.initial_window)
+        stream = _Stream(peer.initial_window, self.limits.initial_window, stream_id)
         stream.head_sent = True
         stream.local_ended = end_stream
         self._streams[stream_id] = stream
@@ -332,7 +334,10 @@ class TunnelConnection:
         self.send_data(stream_id, b"", end_stream=True)
 
     def consumed(self, stream_id: int, n: int) -> None:
-        """The application took ``n`` bytes of the stream; return credit in batches."""
+        """The application took ``n`` bytes of the stream; return credit in batches.
+
+        The window grows while the stream has the connection to itself, and goes back to
+        ``initial_window`` as soon as another stream opens (module ``limits``)."""
         stream = self._streams.get(stream_id)
         if stream is None or stream.remote_ended or n <= 0:
             return
@@ -341,17 +346,34 @@ class TunnelConnection:
         if owed < window >> 2:
             stream.owed = owed
             return
-        stream.owed = 0
-        grant = owed
+        newest = self._highest_stream_id
+        if newest != stream.seen_id:
+            # Another stream opened since the last grant: whatever it carries waits behind
+            # everything this one has in flight, so hold back credit down to the initial window.
+            stream.seen_id = newest
+            stream.returned = 0
+            initial = self.limits.initial_window
+            if window > initial:
+                stream.window = initial
+                owed -= window - initial
+                if owed < initial >> 2:
+                    stream.owed = owed
+                    return
+            self._grant(stream_id, stream, owed)
+            return
         stream.returned += owed
         if stream.returned >= window and window < self._max_window:
-            # The reader took a whole window: let the sender have twice as much in flight.
+            # The reader took a whole window alone: let the sender have twice as much in flight.
             extra = min(window, self._max_window - window)
             stream.window = window + extra
             stream.returned = 0
-            grant += extra
-        stream.recv_window += grant
-        self._queue(_WINDOW_UPDATE, 0, stream_id, U32.pack(grant))
+            owed += extra
+        self._grant(stream_id, stream, owed)
+
+    def _grant(self, stream_id: int, stream: _Stream, credit: int) -> None:
+        stream.owed = 0
+        stream.recv_window += credit
+        self._queue(_WINDOW_UPDATE, 0, stream_id, U32.pack(credit))
 
     def reset_stream(self, stream_id: int, code: ErrorCode) -> None:
         """Abort a stream in both directions; a no-op when it already finished."""
@@ -497,7 +519,7 @@ class TunnelConnection:
             self._queue(FrameType.RESET, 0, stream_id, U32.pack(refusal))
             return
         assert self.peer_limits is not None
-        stream = _Stream(self.peer_limits.initial_window, self.limits.initial_window)
+        stream = _Stream(self.peer_limits.initial_window, self.limits.initial_window, stream_id)
         stream.head_received = True
         stream.remote_ended = end_stream
         self._streams[stream_id] = stream

@@ -13,6 +13,11 @@ time its reader has taken a whole window's worth, the window doubles, up to ``ma
 (1 MiB). Measured on one 2-core machine, a 64 MiB transfer went from about 250 MB/s at a
 fixed 256 KiB to about 450 MB/s with the window grown to 1 MiB: fewer WINDOW_UPDATEs, and the
 sender stops waiting for them.
+
+A window grows only while the stream has its connection to itself: once another stream has
+opened since its last update, the next update brings the window back to ``initial_window``,
+holding back the credit the growth added. Everything a stream has in flight is ahead of a small
+request opened beside it on the same connection; 1 MiB on a 100 Mbit/s link is 80 ms.
 """
 
 from __future__ import annotations
