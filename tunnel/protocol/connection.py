@@ -15,8 +15,9 @@ to send; the driver moves the bytes. Rules it enforces:
 * Credit: at most the peer's ``initial_window`` bytes of DATA may be in flight per
   stream at first. Overrunning our window is a FLOW_CONTROL_ERROR connection error.
   Credit goes back in WINDOW_UPDATEs once a quarter of the stream's window has been
-  consumed; each time a whole window has been consumed, the update also doubles the
-  window, up to our ``max_window`` (see ``tunnel.protocol.limits``).
+  consumed; each time a whole window has been consumed with no other stream opened, the
+  update also doubles the window, up to our ``max_window``, and another stream opening
+  brings it back (``tunnel.protocol.stream_state``, ``tunnel.protocol.limits``).
 * A head larger than ``max_header_block`` is a connection error (HEAD_TOO_LARGE):
   the sender is bound by the advertised limit, so such a head means a broken peer,
   and refusing from the frame header keeps the payload out of memory.
@@ -75,6 +76,7 @@ from .frames import (
 )
 from .header_table import IncomingHeaderTable, OutgoingHeaderTable
 from .limits import DEFAULT_LIMITS, MAX_WINDOW, Limits
+from .stream_state import StreamState
 
 _DATA = FrameType.DATA
 _WINDOW_UPDATE = FrameType.WINDOW_UPDATE
@@ -83,33 +85,6 @@ _WINDOW_UPDATE = FrameType.WINDOW_UPDATE
 class Role(Enum):
     EDGE = "edge"
     CONNECTOR = "connector"
-
-
-class _Stream:
-    __slots__ = (
-        "head_received",
-        "head_sent",
-        "local_ended",
-        "owed",
-        "recv_window",
-        "remote_ended",
-        "returned",
-        "seen_id",
-        "send_window",
-        "window",
-    )
-
-    def __init__(self, send_window: int, recv_window: int, stream_id: int) -> None:
-        self.send_window = send_window
-        self.recv_window = recv_window
-        self.window = recv_window  # the credit this stream is allowed to reach, grows
-        self.returned = 0  # credit given back since the window last grew
-        self.owed = 0  # below 0 while credit is held back after the window shrank
-        self.seen_id = stream_id  # the newest stream of the connection at the last grant
-        self.local_ended = False
-        self.remote_ended = False
-        self.head_sent = False
-        self.head_received = False
 
 
 class TunnelConnection:
@@ -123,7 +98,7 @@ class TunnelConnection:
         self._reader = FrameReader(limits.max_frame_size, limits.max_header_block)
         self._out: list[bytes] = []
         self._out_size = 0
-        self._streams: dict[int, _Stream] = {}
+        self._streams: dict[int, StreamState] = {}
         self._highest_stream_id = 0
         self._max_window = max(limits.max_window, limits.initial_window)
         self._register_sent = False
@@ -260,14 +235,14 @@ class TunnelConnection:
         if stream_id > MAX_U32:
             raise LocalProtocolError(ErrorCode.REFUSED_STREAM, "stream ids are exhausted")
         self._highest_stream_id = stream_id
-        stream = _Stream(peer.initial_window, self.limits.initial_window, stream_id)
+        stream = StreamState(peer.initial_window, self.limits.initial_window, stream_id)
         stream.head_sent = True
         stream.local_ended = end_stream
         self._streams[stream_id] = stream
         self._queue(FrameType.HEAD, FLAG_END_STREAM if end_stream else 0, stream_id, payload)
         return stream_id
 
-    def _sending_stream(self, stream_id: int) -> _Stream:
+    def _sending_stream(self, stream_id: int) -> StreamState:
         self._check_usable()
         stream = self._streams.get(stream_id)
         if stream is None:
@@ -276,7 +251,7 @@ class TunnelConnection:
             raise StreamClosedError(stream_id, f"stream {stream_id} already ended its side")
         return stream
 
-    def _ended_locally(self, stream_id: int, stream: _Stream) -> None:
+    def _ended_locally(self, stream_id: int, stream: StreamState) -> None:
         stream.local_ended = True
         if stream.remote_ended:
             del self._streams[stream_id]
@@ -334,46 +309,16 @@ class TunnelConnection:
         self.send_data(stream_id, b"", end_stream=True)
 
     def consumed(self, stream_id: int, n: int) -> None:
-        """The application took ``n`` bytes of the stream; return credit in batches.
-
-        The window grows while the stream has the connection to itself, and goes back to
-        ``initial_window`` as soon as another stream opens (module ``limits``)."""
+        """The application took ``n`` bytes of the stream; return credit in batches
+        (``StreamState.credit_for``)."""
         stream = self._streams.get(stream_id)
         if stream is None or stream.remote_ended or n <= 0:
             return
-        owed = stream.owed + n
-        window = stream.window
-        if owed < window >> 2:
-            stream.owed = owed
-            return
-        newest = self._highest_stream_id
-        if newest != stream.seen_id:
-            # Another stream opened since the last grant: whatever it carries waits behind
-            # everything this one has in flight, so hold back credit down to the initial window.
-            stream.seen_id = newest
-            stream.returned = 0
-            initial = self.limits.initial_window
-            if window > initial:
-                stream.window = initial
-                owed -= window - initial
-                if owed < initial >> 2:
-                    stream.owed = owed
-                    return
-            self._grant(stream_id, stream, owed)
-            return
-        stream.returned += owed
-        if stream.returned >= window and window < self._max_window:
-            # The reader took a whole window alone: let the sender have twice as much in flight.
-            extra = min(window, self._max_window - window)
-            stream.window = window + extra
-            stream.returned = 0
-            owed += extra
-        self._grant(stream_id, stream, owed)
-
-    def _grant(self, stream_id: int, stream: _Stream, credit: int) -> None:
-        stream.owed = 0
-        stream.recv_window += credit
-        self._queue(_WINDOW_UPDATE, 0, stream_id, U32.pack(credit))
+        credit = stream.credit_for(
+            n, self._highest_stream_id, self.limits.initial_window, self._max_window
+        )
+        if credit:
+            self._queue(_WINDOW_UPDATE, 0, stream_id, U32.pack(credit))
 
     def reset_stream(self, stream_id: int, code: ErrorCode) -> None:
         """Abort a stream in both directions; a no-op when it already finished."""
@@ -440,7 +385,7 @@ class TunnelConnection:
         else:  # RESET
             self._handle_reset(frame, events)
 
-    def _known_stream(self, stream_id: int, what: str) -> _Stream | None:
+    def _known_stream(self, stream_id: int, what: str) -> StreamState | None:
         """The live stream for ``stream_id``; None if it already finished."""
         stream = self._streams.get(stream_id)
         if stream is not None:
@@ -478,7 +423,7 @@ class TunnelConnection:
             self._ended_remotely(stream_id, stream)
         events.append(DataReceived(stream_id, frame.payload, end_stream))
 
-    def _ended_remotely(self, stream_id: int, stream: _Stream) -> None:
+    def _ended_remotely(self, stream_id: int, stream: StreamState) -> None:
         stream.remote_ended = True
         if stream.local_ended:
             del self._streams[stream_id]
@@ -519,7 +464,7 @@ class TunnelConnection:
             self._queue(FrameType.RESET, 0, stream_id, U32.pack(refusal))
             return
         assert self.peer_limits is not None
-        stream = _Stream(self.peer_limits.initial_window, self.limits.initial_window, stream_id)
+        stream = StreamState(self.peer_limits.initial_window, self.limits.initial_window, stream_id)
         stream.head_received = True
         stream.remote_ended = end_stream
         self._streams[stream_id] = stream
