@@ -153,8 +153,9 @@ UNKNOWN_FRAME_TYPE = HEADER.pack(4, 0x7F, 0, 0) + b"junk"
 @pytest.mark.parametrize(
     ("junk", "registered_first", "expected_code"),
     [
-        # 00 01 02 03 announces a 66,051-byte payload: refused from the header alone.
-        pytest.param(bytes(range(256)) * 4, False, ErrorCode.FRAME_TOO_LARGE, id="byte-ramp"),
+        # 01 02 03 04 announces a 16,909,060-byte payload: refused from the header alone.
+        pytest.param(bytes(range(1, 256)) * 4, False, ErrorCode.FRAME_TOO_LARGE,
+                     id="byte-ramp"),
         pytest.param(HEADER.pack(4, FrameType.DATA, 0, 1) + b"junk", False,
                      ErrorCode.PROTOCOL_ERROR, id="data-before-hello"),
         pytest.param(HELLO_MAGIC_BROKEN, False, ErrorCode.PROTOCOL_ERROR, id="bad-hello"),

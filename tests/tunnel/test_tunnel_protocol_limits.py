@@ -33,7 +33,7 @@ def goaway_code(connection: TunnelConnection) -> ErrorCode:
 
 def test_limits_have_the_documented_defaults() -> None:
     limits = Limits()
-    assert limits.max_frame_size == 65536
+    assert limits.max_frame_size == 262144
     assert limits.max_concurrent_streams == 16384
     assert limits.initial_window == 262144
     assert limits.max_header_block == 65536
@@ -50,7 +50,7 @@ def test_limits_reject_nonsense(kwargs: dict[str, int]) -> None:
 
 def test_oversized_frame_is_refused_from_its_header_alone() -> None:
     _edge, connector = registered_pair()
-    header_only = HEADER.pack(65537, FrameType.DATA, 0, 1)
+    header_only = HEADER.pack(Limits().max_frame_size + 1, FrameType.DATA, 0, 1)
     with pytest.raises(ProtocolError) as caught:
         connector.receive_data(header_only)
     assert caught.value.code is ErrorCode.FRAME_TOO_LARGE
