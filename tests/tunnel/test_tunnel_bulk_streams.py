@@ -45,23 +45,26 @@ def test_a_grown_window_goes_back_to_the_initial_one_once_another_stream_opens()
     assert edge.send_credit(bulk) == WINDOW
 
 
-def test_credit_held_back_is_only_what_the_grown_window_added() -> None:
+def _shrunk_pair() -> tuple[TunnelConnection, TunnelConnection, int]:
+    """A grown stream whose two windows in flight were taken at once after a small request
+    opened beside it."""
     edge, connector, bulk = _grown_pair()
     edge.send_data(bulk, b"y" * 2 * WINDOW)
     edge.open_stream({"kind": "http"})
     deliver(edge, connector)
-    # All of it taken at once: 2 windows owed, 1 held back, 1 returned.
     connector.consumed(bulk, 2 * WINDOW)
+    return edge, connector, bulk
+
+
+def test_credit_held_back_is_only_what_the_grown_window_added() -> None:
+    edge, connector, bulk = _shrunk_pair()
+    # 2 windows owed, 1 held back, 1 returned.
     assert deliver(connector, edge) == [WindowUpdated(bulk, WINDOW)]
     assert edge.send_credit(bulk) == WINDOW
 
 
 def test_alone_again_the_window_grows_back() -> None:
-    edge, connector, bulk = _grown_pair()
-    edge.send_data(bulk, b"y" * 2 * WINDOW)
-    edge.open_stream({"kind": "http"})
-    deliver(edge, connector)
-    connector.consumed(bulk, 2 * WINDOW)
+    edge, connector, bulk = _shrunk_pair()
     deliver(connector, edge)
     # No stream opened since: a whole (initial) window taken alone doubles it again.
     edge.send_data(bulk, b"z" * WINDOW)
