@@ -25,10 +25,16 @@ HTTP/2's HPACK dynamic table but for whole pairs only:
 A reference to an entry the receiver does not hold, a number out of order or an entry that
 cannot fit the announced size is a connection error (PROTOCOL_ERROR): the tables no longer
 agree, and no later head could be trusted.
+
+Once its pairs are indexed, the same request or response crosses as the same bytes, so the
+receiver remembers what a HEAD payload that inserted nothing decoded to, per table (bounded,
+process-wide), and answers the same payload with a copy while every entry it refers to is
+still held; a payload that inserts is decoded every time, since the insertion must happen.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -159,10 +165,21 @@ class OutgoingHeaderTable:
                 self._seen_size -= size
 
 
+_table_serials = itertools.count()
+
+# Decoded HEAD payloads that inserted nothing, by (table serial, payload): the head (headers as a
+# tuple) and the oldest entry it refers to. Bounded in entries and payload size; a full memo
+# starts over.
+MAX_REMEMBERED_HEADS = 1024
+MAX_REMEMBERED_HEAD_BYTES = 4096
+_decoded_heads: dict[tuple[int, bytes], tuple[Head, int]] = {}
+_NO_REFERENCE = 1 << 62
+
+
 class IncomingHeaderTable:
     """The pairs the peer inserted; turns a received head's header entries back into pairs."""
 
-    __slots__ = ("_capacity", "_entries", "_first", "_next", "_used")
+    __slots__ = ("_capacity", "_entries", "_first", "_lowest", "_next", "_serial", "_used")
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
@@ -170,6 +187,8 @@ class IncomingHeaderTable:
         self._first = 0
         self._next = 0
         self._used = 0
+        self._serial = next(_table_serials)
+        self._lowest = _NO_REFERENCE  # the oldest entry the last resolved head referred to
 
     @property
     def entries(self) -> int:
@@ -180,11 +199,32 @@ class IncomingHeaderTable:
         return self._used
 
     def decode_head(self, payload: bytes) -> Head:
-        """A received HEAD payload, its header entries resolved (``resolve``)."""
+        """A received HEAD payload, its header entries resolved (``resolve``); a new dict (and
+        header list) every time, whether decoded or remembered."""
+        key = (self._serial, payload)
+        known = _decoded_heads.get(key)
+        if known is not None and known[1] >= self._first:
+            head = dict(known[0])
+            headers = head.get("headers")
+            if headers is not None:
+                head["headers"] = list(headers)
+            return head
         head = decode_json_object(payload, "HEAD")
         headers = head.get("headers")
+        lowest = _NO_REFERENCE
         if type(headers) is list:
+            before = self._next
             head["headers"] = self.resolve(headers)
+            if self._next != before:
+                return head  # it inserted: never answered from memory
+            lowest = self._lowest
+        if len(payload) <= MAX_REMEMBERED_HEAD_BYTES:
+            if len(_decoded_heads) >= MAX_REMEMBERED_HEADS:
+                _decoded_heads.clear()
+            template = dict(head)
+            if type(headers) is list:
+                template["headers"] = tuple(head["headers"])
+            _decoded_heads[key] = (template, lowest)
         return head
 
     def resolve(self, raw: list[Any]) -> list[Any]:
@@ -193,6 +233,7 @@ class IncomingHeaderTable:
         entries = self._entries
         headers: list[Any] = []
         inserted: list[tuple[Pair, int]] = []
+        lowest = _NO_REFERENCE
         for entry in raw:
             if type(entry) is int:
                 found = entries.get(entry)
@@ -201,6 +242,8 @@ class IncomingHeaderTable:
                         ErrorCode.PROTOCOL_ERROR, f"HEAD refers to header entry {entry}, not held"
                     )
                 headers.append(found[0])
+                if entry < lowest:
+                    lowest = entry
             elif type(entry) is list and len(entry) == 2:
                 name, value = entry
                 if type(name) is str:
@@ -235,4 +278,5 @@ class IncomingHeaderTable:
             entries[self._next] = (pair, size)
             self._used += size
             self._next += 1
+        self._lowest = lowest
         return headers
