@@ -184,6 +184,12 @@ class ClientIO:
         # no wait): a response usually fits the socket buffer at once.
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
 
+    @property
+    def fd(self) -> int | None:
+        """The plain TCP socket's descriptor, read and written directly; None for other
+        streams (TLS) and once the connection is closing."""
+        return self._fd
+
     def closing(self) -> None:
         """The connection is about to close: write only through the stream from now on."""
         self._fd = None

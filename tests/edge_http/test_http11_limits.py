@@ -153,10 +153,11 @@ async def test_head_exactly_at_the_size_limit_passes_and_one_byte_more_fails() -
     assert status == 431
 
 
-async def test_slowloris_header_trickle_gets_408(autojump_clock: trio.testing.MockClock) -> None:
+@pytest.mark.parametrize("over_socket", [False, True], ids=["memory", "socket"])
+async def test_slowloris_header_trickle_gets_408(over_socket: bool, autojump_clock: trio.testing.MockClock) -> None:
     recorder = Recorder()
     limits = HttpLimits(header_timeout=10)
-    async with open_connection(recorder, limits=limits) as stream:
+    async with open_connection(recorder, limits=limits, over_socket=over_socket) as stream:
         start = trio.current_time()
         await stream.send_all(b"GET / HTTP/1.1\r\nHost: app.example.com\r\n")
 
@@ -178,20 +179,23 @@ async def test_slowloris_header_trickle_gets_408(autojump_clock: trio.testing.Mo
     assert recorder.requests == []
 
 
+@pytest.mark.parametrize("over_socket", [False, True], ids=["memory", "socket"])
 async def test_a_silent_new_connection_is_closed_after_header_timeout(
-    autojump_clock: trio.testing.MockClock,
+    over_socket: bool, autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with open_connection(Recorder(), limits=HttpLimits(header_timeout=5)) as stream:
+    async with open_connection(Recorder(), limits=HttpLimits(header_timeout=5),
+                               over_socket=over_socket) as stream:
         start = trio.current_time()
         assert await read_to_eof(stream) == b""
         assert trio.current_time() - start == pytest.approx(5)
 
 
+@pytest.mark.parametrize("over_socket", [False, True], ids=["memory", "socket"])
 async def test_idle_keep_alive_connection_is_closed_quietly(
-    autojump_clock: trio.testing.MockClock,
+    over_socket: bool, autojump_clock: trio.testing.MockClock,
 ) -> None:
     limits = HttpLimits(idle_timeout=30, header_timeout=5)
-    async with open_connection(Recorder(), limits=limits) as stream:
+    async with open_connection(Recorder(), limits=limits, over_socket=over_socket) as stream:
         await stream.send_all(request("/"))
         first = await read_until(stream, b"GET /")
         assert first.startswith(b"HTTP/1.1 200")
@@ -200,12 +204,13 @@ async def test_idle_keep_alive_connection_is_closed_quietly(
         assert trio.current_time() - start == pytest.approx(30)
 
 
+@pytest.mark.parametrize("over_socket", [False, True], ids=["memory", "socket"])
 async def test_keep_alive_head_started_late_still_gets_the_full_header_timeout(
-    autojump_clock: trio.testing.MockClock,
+    over_socket: bool, autojump_clock: trio.testing.MockClock,
 ) -> None:
     limits = HttpLimits(idle_timeout=30, header_timeout=5)
     recorder = Recorder()
-    async with open_connection(recorder, limits=limits) as stream:
+    async with open_connection(recorder, limits=limits, over_socket=over_socket) as stream:
         await stream.send_all(request("/one"))
         await read_until(stream, b"GET /one")
         await trio.sleep(25)
@@ -217,12 +222,13 @@ async def test_keep_alive_head_started_late_still_gets_the_full_header_timeout(
     assert [r.path for r in recorder.requests] == ["/one", "/two"]
 
 
+@pytest.mark.parametrize("over_socket", [False, True], ids=["memory", "socket"])
 async def test_keep_alive_head_that_stalls_gets_408_a_header_timeout_after_its_first_byte(
-    autojump_clock: trio.testing.MockClock,
+    over_socket: bool, autojump_clock: trio.testing.MockClock,
 ) -> None:
     limits = HttpLimits(idle_timeout=30, header_timeout=5)
     recorder = Recorder()
-    async with open_connection(recorder, limits=limits) as stream:
+    async with open_connection(recorder, limits=limits, over_socket=over_socket) as stream:
         await stream.send_all(request("/one"))
         await read_until(stream, b"GET /one")
         await trio.sleep(10)

@@ -61,6 +61,31 @@ class Recorder:
 HandlerFn = Callable[[IncomingRequest, RequestBody, ResponseWriter], Awaitable[None]]
 
 
+def _serving(
+    server: trio.abc.Stream,
+    handler: HandlerFn,
+    *,
+    limits: HttpLimits | None,
+    peer: str,
+    scheme: str,
+    trusted_proxies: Sequence[IPNetwork],
+    server_name: str | None,
+    encoded_slash_allowed: Callable[[str], bool] | None = None,
+) -> Callable[[], Awaitable[None]]:
+    """The server side of one test connection, ready for ``start_soon``."""
+    return partial(
+        serve_http_connection,
+        server,
+        handler,
+        limits=limits or HttpLimits(),
+        client_ip=peer,
+        scheme=scheme,
+        trusted_proxies=trusted_proxies,
+        server_name=server_name,
+        encoded_slash_allowed=encoded_slash_allowed,
+    )
+
+
 async def run_raw(
     raw: bytes,
     handler: HandlerFn,
@@ -77,19 +102,11 @@ async def run_raw(
     client, server = trio.testing.memory_stream_pair()
     received = bytearray()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(
-            partial(
-                serve_http_connection,
-                server,
-                handler,
-                limits=limits or HttpLimits(),
-                client_ip=peer,
-                scheme=scheme,
-                trusted_proxies=trusted_proxies,
-                server_name=server_name,
-                encoded_slash_allowed=encoded_slash_allowed,
-            )
-        )
+        nursery.start_soon(_serving(
+            server, handler, limits=limits, peer=peer, scheme=scheme,
+            trusted_proxies=trusted_proxies, server_name=server_name,
+            encoded_slash_allowed=encoded_slash_allowed,
+        ))
         try:
             await client.send_all(raw)
             if close_after_send:
@@ -157,6 +174,9 @@ def request(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
+CONNECTION_GUARD_SECONDS = 3600
+
+
 @asynccontextmanager
 async def open_connection(
     handler: HandlerFn,
@@ -165,28 +185,31 @@ async def open_connection(
     trusted_proxies: Sequence[IPNetwork] = (),
     server_name: str | None = None,
     peer: str = PEER,
-) -> AsyncIterator[
-    trio.StapledStream[trio.testing.MemorySendStream, trio.testing.MemoryReceiveStream]
-]:
-    """Run one server connection; yield the client end; wait for the server when done."""
-    client, server = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(
-            partial(
-                serve_http_connection,
-                server,
-                handler,
-                limits=limits or HttpLimits(),
-                client_ip=peer,
-                scheme="https",
-                trusted_proxies=trusted_proxies,
-                server_name=server_name,
-            )
-        )
-        try:
-            yield client
-        finally:
-            await client.aclose()
+    over_socket: bool = False,
+) -> AsyncIterator[trio.abc.Stream]:
+    """Run one server connection; yield the client end; wait for the server when done.
+
+    In memory by default; ``over_socket`` serves a connected pair of Unix sockets instead, so
+    the server reads and writes the descriptor itself as it does a plain TCP client."""
+    client: trio.abc.Stream
+    server: trio.abc.Stream
+    if over_socket:
+        left, right = trio.socket.socketpair()
+        client, server = trio.SocketStream(left), trio.SocketStream(right)
+    else:
+        client, server = trio.testing.memory_stream_pair()
+    # A connection that never ends fails the test instead of hanging it (on a MockClock the
+    # guard is reached at once).
+    with trio.fail_after(CONNECTION_GUARD_SECONDS):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_serving(
+                server, handler, limits=limits, peer=peer, scheme="https",
+                trusted_proxies=trusted_proxies, server_name=server_name,
+            ))
+            try:
+                yield client
+            finally:
+                await client.aclose()
 
 
 class H11Client:
