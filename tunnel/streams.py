@@ -293,10 +293,11 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         self._inbound_size -= size
         if self._moved < BULK_BYTES:
             self._count_moved(size)
-        conn = self._conn
-        conn.consumed(self.stream_id, size)
-        if conn.outgoing_size:
-            self._session.kick_writer()
+        if not self._remote_ended:  # credit only matters while the peer may still send
+            conn = self._conn
+            conn.consumed(self.stream_id, size)
+            if conn.outgoing_size:
+                self._session.kick_writer()
         return data
 
     # -- sending ---------------------------------------------------------------------
@@ -472,11 +473,16 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         self._closed = True
         self._inbound = None
         self._inbound_size = 0
+        session = self._session
         if self._moved >= BULK_BYTES:
-            self._session.bulk_streams.discard(self)
-        self._session.kick_writer()
-        self._session.forget_stream(self.stream_id)
-        self._wake_all()
+            session.bulk_streams.discard(self)
+        if self._conn.outgoing_size:  # an END or RESET just queued (a wake for nothing costs
+            session.kick_writer()  # the writer a scheduling round)
+        session.forget_stream(self.stream_id)
+        self._receiver.wake()
+        self._sender.wake()
+        if self._sending:  # a send of this stream may be waiting for room in the session
+            session.wake_senders()
 
     async def __aexit__(
         self,
