@@ -188,3 +188,22 @@ def test_stream_data_arrives_intact_in_any_split(chunks: list[bytes], cuts: list
             connector.consumed(stream_id, len(event.data))
     assert bytes(received) == b"".join(chunks)
     assert ended
+
+
+@PROPERTY_SETTINGS
+@given(st.binary(min_size=1, max_size=4096), st.integers(min_value=1, max_value=64))
+def test_a_frame_fed_from_a_reused_buffer_keeps_its_bytes(payload: bytes, piece: int) -> None:
+    """A caller that reads into one bytearray and feeds it again and again (each piece then
+    overwritten) still gets the payload it sent."""
+    sent = Frame(FrameType.DATA, 0, 1, payload)
+    wire = sent.encode()
+    reader = FrameReader(max_frame_size=4096, max_header_block=4096)
+    reused = bytearray(piece)
+    received: list[Frame] = []
+    for start in range(0, len(wire), piece):
+        chunk = wire[start : start + piece]
+        reused[: len(chunk)] = chunk
+        received.extend(reader.feed(memoryview(reused)[: len(chunk)]))
+        reused[:] = b"\xff" * len(reused)  # the caller's next read overwrites it
+    assert received == [sent]
+    assert reader.buffered == 0

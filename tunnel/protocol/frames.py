@@ -76,22 +76,48 @@ class Frame:
 class FrameReader:
     """Incremental frame parser that refuses oversized frames from their header alone.
 
-    The buffer never holds more than one incomplete frame (at most the header plus
-    ``max_frame_size`` bytes), whatever the peer announces.
+    It never holds more than one incomplete frame (at most the header plus
+    ``max_frame_size`` bytes), whatever the peer announces. A frame whose payload arrives in
+    pieces (a bulk transfer's 256 KiB frames span several reads) keeps the pieces as they
+    came and joins them once, when the last one arrives, instead of copying each piece into a
+    buffer and the payload out of it again.
     """
 
-    __slots__ = ("_buffer", "_max_frame_size", "_max_header_block")
+    __slots__ = ("_buffer", "_max_frame_size", "_max_header_block", "_need", "_parts",
+                 "_pending")
 
     def __init__(self, max_frame_size: int, max_header_block: int) -> None:
-        self._buffer = bytearray()
+        self._buffer = bytearray()  # an incomplete header (or a short frame's start)
         self._max_frame_size = max_frame_size
         self._max_header_block = max_header_block
+        self._pending: tuple[FrameType, int, int] | None = None  # a frame awaiting payload
+        self._parts: list[bytes | bytearray | memoryview] = []
+        self._need = 0
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        if self._pending is None:
+            return len(self._buffer)
+        return HEADER_SIZE + sum(len(part) for part in self._parts)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        frames: list[Frame] = []
+        if self._pending is not None:
+            size = len(data)
+            if size < self._need:
+                # Kept by reference only when immutable: a caller may reuse its buffer.
+                self._parts.append(data if type(data) is bytes else bytes(data))
+                self._need -= size
+                return frames
+            with memoryview(data) as view:
+                self._parts.append(view[: self._need])
+                frame_type, flags, stream_id = self._pending
+                frames.append(Frame(frame_type, flags, stream_id, b"".join(self._parts)))
+                rest = bytes(view[self._need :])
+            self._pending, self._parts, self._need = None, [], 0
+            if not rest:
+                return frames
+            data = rest
         buffer = self._buffer
         if buffer:
             buffer += data
@@ -99,7 +125,6 @@ class FrameReader:
         else:
             # Common case: the message holds whole frames; parse it without copying it first.
             source = data if isinstance(data, (bytes, bytearray)) else bytes(data)
-        frames: list[Frame] = []
         position = 0
         end = len(source)
         unpack_header = HEADER.unpack_from
@@ -123,6 +148,11 @@ class FrameReader:
                     )
                 start = position + HEADER_SIZE
                 if end - start < length:
+                    # The payload continues in later pieces: keep what came of it.
+                    self._pending = (_FRAME_TYPES[frame_type], flags, stream_id)
+                    self._parts = [bytes(view[start:end])] if end > start else []
+                    self._need = length - (end - start)
+                    position = end
                     break
                 position = start + length
                 frames.append(
