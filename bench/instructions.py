@@ -33,12 +33,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from load import Endpoint, probe_status
+from load import probe_status
 from origin import start_origins
-from processes import BenchError, ProcessGroup
+from processes import BenchError, ProcessGroup, wait_until
 from targets import RunContext, Tunnelgate, TunnelgateAccess
 
 WARM_UP_S = 3
@@ -53,14 +52,6 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=int, default=15, help="length of the counted load")
     parser.add_argument("--connections", type=int, default=32, help="wrk -c")
     return parser.parse_args(argv)
-
-
-def wait_for_route(endpoint: Endpoint) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while probe_status(endpoint, "/small") != 200:
-        if time.monotonic() > deadline:
-            raise BenchError("the route did not answer under valgrind")
-        time.sleep(0.5)
 
 
 def instruction_total(files: list[Path]) -> int:
@@ -92,7 +83,8 @@ def measure(arguments: argparse.Namespace, workdir: Path) -> dict[str, object]:
                 "valgrind", "--tool=callgrind", "--instr-atstart=no",
                 f"--callgrind-out-file={out}", *process.argv,
             ]))
-        wait_for_route(endpoint)
+        wait_until(lambda: probe_status(endpoint, "/small") == 200, timeout_s=READY_TIMEOUT_S,
+                   what="the route under valgrind", watch=[p for _, p in restarted.values()])
         headers = [f"Host: {endpoint.host_header}", *endpoint.headers]
         if arguments.close:
             headers.append("Connection: close")

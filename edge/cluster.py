@@ -418,7 +418,11 @@ class ClusterMembership:
         self.health.store_up = True
         self._published = ids
         self.snapshot = snapshot
-        self.peers_by_tunnel = _peers(snapshot, self.settings.edge_id)
+        peers = _peers(snapshot, self.settings.edge_id)
+        if peers != self.peers_by_tunnel:
+            # Which other edge holds which tunnel decides where requests are forwarded.
+            log.info("cluster view changed peers=%s", _describe_peers(peers) or "none")
+        self.peers_by_tunnel = peers
         self.refreshed.set()
         self.refreshed = trio.Event()
 
@@ -443,6 +447,14 @@ def _peers(snapshot: ClusterSnapshot, own_id: str) -> dict[str, tuple[PeerEdge, 
         tunnel_id: tuple(PeerEdge(edge, urls[edge], n) for edge, n in sorted(per_edge.items()))
         for tunnel_id, per_edge in counts.items()
     }
+
+
+def _describe_peers(peers: Mapping[str, tuple[PeerEdge, ...]]) -> str:
+    """``tunnel:edge=connections,...`` per tunnel, ``;``-separated, in a stable order."""
+    return ";".join(
+        f"{tunnel_id}:" + ",".join(f"{peer.edge_id}={peer.connections}" for peer in held)
+        for tunnel_id, held in sorted(peers.items())
+    )
 
 
 async def _first_of(*waits: Callable[[], Awaitable[object]]) -> None:

@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 HOST = "app.several.test"
 HANG_GUARD = 30.0
-POLL = 0.05
 
 
 async def init_edge(folder: Path, name: str, url: str, secret_from: Path | None) -> Path:
@@ -102,14 +101,18 @@ async def cluster_connections(edge: ChildProcess, token: str, tunnel_id: str) ->
     return per_edge
 
 
-async def wait_for(check: Any, what: str) -> None:
-    """Ask the edges (a bounded number of times) until their answer satisfies ``check()``:
-    which edge holds what is only visible through their admin API."""
-    for _attempt in range(int(HANG_GUARD / POLL)):
-        if await check():
-            return
-        await trio.sleep(POLL)
-    pytest.fail(f"{what} did not happen within {HANG_GUARD:g}s")
+def sees(tunnel_id: str, held: str) -> Any:
+    """A test of an edge's log line for its view of the other edges' connections to
+    ``tunnel_id`` (``edge.cluster``: ``peers=<tunnel>:<edge>=<n>,...``), exactly ``held``."""
+    wanted = f"{tunnel_id}:{held}"
+
+    def matches(line: str) -> bool:
+        if "cluster view changed" not in line:
+            return False
+        peers = line.split("peers=", 1)[1].strip().strip('"').split(";")
+        return wanted in peers
+
+    return matches
 
 
 async def test_three_edges_two_connectors_survive_losing_an_edge(
@@ -130,7 +133,7 @@ async def test_three_edges_two_connectors_survive_losing_an_edge(
             child_process([EDGE_BIN, "serve", "--config", str(configs[1])], name="edge-2",
                           log_dir=tmp_path) as edge_2,
             child_process([EDGE_BIN, "serve", "--config", str(configs[2])], name="edge-3",
-                          log_dir=tmp_path) as edge_3,
+                          log_dir=tmp_path, watch_log_in=nursery) as edge_3,
         ):
             edges = {"edge-1": edge_1, "edge-2": edge_2, "edge-3": edge_3}
             admin = edge_1.ready["listeners"]["admin"]
@@ -157,11 +160,12 @@ async def test_three_edges_two_connectors_survive_losing_an_edge(
                 child_process(run, name="connector-2", log_dir=tmp_path),
             ):
 
-                async def all_registered() -> bool:
-                    seen = await cluster_connections(edge_3, token, tunnel["id"])
-                    return seen == {"edge-1": 2, "edge-2": 2}
-
-                await wait_for(all_registered, "four connections seen from edge-3")
+                # edge-3 logs each change of its view of the other edges' connections.
+                await edge_3.wait_for_log(sees(tunnel["id"], "edge-1=2,edge-2=2"),
+                                          "four connections seen from edge-3",
+                                          within=HANG_GUARD)
+                assert await cluster_connections(edge_3, token, tunnel["id"]) == {
+                    "edge-1": 2, "edge-2": 2}
                 for name, edge in edges.items():
                     for number in range(10):
                         answer = await fetch(edge.ready["listeners"]["public"], HOST,
@@ -211,12 +215,11 @@ async def test_three_edges_two_connectors_survive_losing_an_edge(
                     assert all(s <= killed_at <= e and o == "502 tunnel_offline"
                                for s, e, o in failed), (name, failed)
 
-                async def moved_to_edge_2() -> bool:
-                    # edge-1's rows expire; the connectors re-dial its connections elsewhere.
-                    seen = await cluster_connections(edge_3, token, tunnel["id"])
-                    return seen == {"edge-2": 4}
-
-                await wait_for(moved_to_edge_2, "edge-1's connections moving to edge-2")
+                # edge-1's rows expire; the connectors re-dial its connections elsewhere.
+                await edge_3.wait_for_log(sees(tunnel["id"], "edge-2=4"),
+                                          "edge-1's connections moving to edge-2",
+                                          within=HANG_GUARD)
+                assert await cluster_connections(edge_3, token, tunnel["id"]) == {"edge-2": 4}
                 for name in ("edge-2", "edge-3"):
                     answer = await fetch(edges[name].ready["listeners"]["public"], HOST, "/item/x")
                     assert answer.status == 200

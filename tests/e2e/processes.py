@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,13 +40,16 @@ def tail(path: Path, lines: int = 30) -> str:
 
 @dataclass
 class ChildProcess:
-    """A started command, its ready message and where its stderr went."""
+    """A started command, its ready message and where its stderr went (and, when watched,
+    its stderr's lines so far: its log)."""
 
     name: str
     process: trio.Process
     stderr_path: Path
     ready: dict[str, Any] = field(default_factory=dict)
+    log_lines: list[str] = field(default_factory=list)
     _buffer: bytearray = field(default_factory=bytearray)
+    _logged: trio.Event = field(default_factory=trio.Event)
 
     @property
     def pid(self) -> int:
@@ -83,6 +86,34 @@ class ChildProcess:
             pytest.fail(f"{self.explain()}\nexited before printing its ready line")
         pytest.fail(f"{self.explain()}\nprinted no ready line within {within:g}s")
 
+    async def wait_for_log(self, matches: Callable[[str], bool], what: str, *, after: int = 0,
+                           within: float = READY_TIMEOUT) -> str:
+        """The first log line from index ``after`` on for which ``matches`` is true, waiting
+        for new lines as they are written (``child_process(..., watch_log=True)``)."""
+        seen = after
+        with trio.move_on_after(within):
+            while True:
+                for line in self.log_lines[seen:]:
+                    if matches(line):
+                        return line
+                seen = len(self.log_lines)
+                await self._logged.wait()
+        pytest.fail(f"{self.explain()}\nlogged no line: {what} within {within:g}s")
+
+    async def _copy_log(self, file: Any) -> None:
+        """Keep stderr in its file and its lines in ``log_lines``, announcing each batch."""
+        stderr = self.process.stderr
+        assert stderr is not None
+        partial = b""
+        with file:
+            while data := await stderr.receive_some(65536):
+                file.write(data)
+                file.flush()
+                *lines, partial = (partial + data).split(b"\n")
+                self.log_lines.extend(line.decode("utf-8", "replace") for line in lines)
+                self._logged.set()
+                self._logged = trio.Event()
+
     async def wait_exit(self, within: float) -> int:
         with trio.move_on_after(within):
             return await self.process.wait()
@@ -110,16 +141,26 @@ class ChildProcess:
 
 @asynccontextmanager
 async def child_process(args: Sequence[str], *, name: str, log_dir: Path,
-                        wait_ready: bool = True,
+                        wait_ready: bool = True, watch_log_in: trio.Nursery | None = None,
                         env: dict[str, str] | None = None) -> AsyncIterator[ChildProcess]:
-    """Run `args`; wait for its ready line unless told not to; always stop it on the way out."""
+    """Run `args`; wait for its ready line unless told not to; always stop it on the way out.
+    With ``watch_log_in`` its stderr also goes through a task of that nursery, for
+    ``ChildProcess.wait_for_log``."""
     stderr_path = log_dir / f"{name}.stderr"
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    with stderr_path.open("wb") as stderr:
+    log_file = stderr_path.open("wb")
+    try:
         process = await trio.lowlevel.open_process(
-            list(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
-            env=full_env)
+            list(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if watch_log_in is not None else log_file, env=full_env)
+    except BaseException:
+        log_file.close()
+        raise
     child = ChildProcess(name, process, stderr_path)
+    if watch_log_in is not None:
+        watch_log_in.start_soon(child._copy_log, log_file)  # closes the file at the end
+    else:
+        log_file.close()  # the child has its own copy of the descriptor
     try:
         if wait_ready:
             await child.wait_ready()
