@@ -200,17 +200,14 @@ def clean_request_headers(
     key = (tuple(raw_headers), method, host_value, peer_ip, scheme, tuple(trusted_proxies))
     try:
         cleaned = _CLEANED.get(key)
-        hashable = True
-    except TypeError:  # a bytearray in a header: not hashable, never remembered
-        cleaned, hashable = None, False
+    except TypeError:  # a bytearray in a header: not hashable (``remember`` skips it too)
+        cleaned = None
     if cleaned is None:
         cleaned = _clean_request_headers(
             raw_headers, method=method, host_value=host_value, peer_ip=peer_ip, scheme=scheme,
             trusted_proxies=trusted_proxies,
         )
-        if hashable:
-            size = sum(len(name) + len(value) for name, value in raw_headers)
-            _CLEANED.remember(key, cleaned, size)
+        _CLEANED.remember(key, cleaned, sum(len(name) + len(value) for name, value in raw_headers))
     return cleaned
 
 

@@ -144,13 +144,11 @@ def split_headers(
     key = (tuple(headers), identity_headers, cookies)
     try:
         result = _SPLIT_SEEN.get(key)
-        hashable = True
-    except TypeError:  # a bytearray in a header: not hashable, never remembered
-        result, hashable = None, False
+    except TypeError:  # a bytearray in a header: not hashable (``remember`` skips it too)
+        result = None
     if result is None:
         result = _split_headers(headers, identity_headers, cookies)
-        if hashable:
-            _SPLIT_SEEN.remember(key, result, sum(len(n) + len(v) for n, v in headers))
+        _SPLIT_SEEN.remember(key, result, sum(len(n) + len(v) for n, v in headers))
     return result
 
 

@@ -38,6 +38,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
+from ..bounded_memo import BoundedMemo
 from .errors import ErrorCode, LocalProtocolError, ProtocolError
 from .events import Head
 from .frames import decode_json_object, encode_json, shared_name
@@ -168,11 +169,12 @@ class OutgoingHeaderTable:
 _table_serials = itertools.count()
 
 # Decoded HEAD payloads that inserted nothing, by (table serial, payload): the head (headers as a
-# tuple) and the oldest entry it refers to. Bounded in entries and payload size; a full memo
-# starts over.
+# tuple) and the oldest entry it refers to. Bounded in entries and payload size.
 MAX_REMEMBERED_HEADS = 1024
 MAX_REMEMBERED_HEAD_BYTES = 4096
-_decoded_heads: dict[tuple[int, bytes], tuple[Head, int]] = {}
+_decoded_heads: BoundedMemo[tuple[int, bytes], tuple[Head, int]] = BoundedMemo(
+    MAX_REMEMBERED_HEADS, MAX_REMEMBERED_HEAD_BYTES
+)
 _NO_REFERENCE = 1 << 62
 
 
@@ -219,12 +221,10 @@ class IncomingHeaderTable:
                 return head  # it inserted: never answered from memory
             lowest = self._lowest
         if len(payload) <= MAX_REMEMBERED_HEAD_BYTES:
-            if len(_decoded_heads) >= MAX_REMEMBERED_HEADS:
-                _decoded_heads.clear()
             template = dict(head)
             if type(headers) is list:
                 template["headers"] = tuple(head["headers"])
-            _decoded_heads[key] = (template, lowest)
+            _decoded_heads.remember(key, (template, lowest), len(payload))
         return head
 
     def resolve(self, raw: list[Any]) -> list[Any]:
