@@ -45,6 +45,7 @@ from connector.errors import AdminApiError, AdminApiUnreachable, ConfigError, Co
 from connector.ingress import IngressTable, OriginRequest
 from tunnel.garbage_collection import settle_after_startup
 from tunnel.logging_setup import LOG_FORMATS, configure_logging, remember_secret
+from tunnel.malloc_tuning import tune_allocator
 
 if TYPE_CHECKING:
     import httpx
@@ -480,6 +481,7 @@ def run(ctx: click.Context, name: str | None, credentials_file: Path | None,
                                "connector_id": settings.connector_id}))
         sys.stdout.flush()
         settle_after_startup()
+        tune_allocator()
 
     def announce_metrics(address: str) -> None:
         click.echo(json.dumps({"event": "metrics", "address": address}))

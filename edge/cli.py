@@ -43,6 +43,7 @@ from edge.store import StoreError, open_store
 from edge.store.postgres import redact_url
 from tunnel.garbage_collection import settle_after_startup
 from tunnel.logging_setup import LOG_FORMATS, configure_logging
+from tunnel.malloc_tuning import tune_allocator
 from tunnel.systemd_notify import SystemdNotifier
 
 __all__ = ["CONFIG_TEMPLATE", "main"]
@@ -346,6 +347,7 @@ def serve(config_path: Path, log_level: str, log_format: str, grace_period: str)
                 )
                 sys.stdout.flush()
                 settle_after_startup()
+                tune_allocator()
                 draining = False
                 async for signum in signals:
                     if draining:
