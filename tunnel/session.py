@@ -63,7 +63,7 @@ from .protocol import (
     WindowUpdated,
 )
 from .stream_workers import StreamWorkers
-from .streams import TunnelStream
+from .streams import TunnelStream, track_session
 from .transport import WebSocketTransport
 
 logger = logging.getLogger(__name__)
@@ -153,6 +153,7 @@ class TunnelSession:
         self._handle_stream = handle_stream
         self._streams: dict[int, TunnelStream] = {}
         self.bulk_streams: set[TunnelStream] = set()
+        track_session(self)
         """Open streams that moved ``streams.BULK_BYTES`` or more (kept by the streams)."""
         self._writer_wakeup = trio.Event()
         self._room = trio.lowlevel.ParkingLot()

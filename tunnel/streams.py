@@ -22,11 +22,19 @@ A stream that has moved ``BULK_BYTES`` either way is a bulk transfer: it joins i
 ``bulk_streams`` until it closes, so that the edge opens new streams on another connection of
 the tunnel where it can (``edge.tunnels``). A bulk stream keeps up to a whole grown window
 (1 MiB) in the connection's pipe, and a small request opened behind it waits for all of it.
+
+A bulk stream also yields the CPU of its process: trio gives every ready task one step per
+scheduling round, and a bulk step (up to 256 KiB copied in and out, a system call each) costs as
+much as several small requests. So while a stream that is not bulk is open on any session of
+the process, a bulk stream sits out ``BULK_YIELD_ROUNDS`` rounds after each piece it takes or
+sends, and the small requests beside a download keep most of their pace (bench/README.md, the
+head-of-line row). A transfer running alone yields nothing extra.
 """
 
 from __future__ import annotations
 
 import operator
+import weakref
 from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -44,6 +52,21 @@ DEFAULT_RECEIVE_SIZE = 256 * 1024
 MIN_WRITE = 16 * 1024
 # Bytes a stream moves (taken plus sent) before it counts as a bulk transfer: one initial window.
 BULK_BYTES = 256 * 1024
+# Rounds a bulk stream sits out after each piece while other streams are open in the process:
+# a 256 KiB piece costs about what three or four small requests cost at the edge.
+BULK_YIELD_ROUNDS = 3
+
+# Every session of this process, for small_streams_open(); a session adds itself.
+_sessions: weakref.WeakSet[TunnelSession] = weakref.WeakSet()
+
+
+def track_session(session: TunnelSession) -> None:
+    _sessions.add(session)
+
+
+def small_streams_open() -> bool:
+    """True while a stream that is not a bulk transfer is open on any session of the process."""
+    return any(session.open_streams > len(session.bulk_streams) for session in _sessions)
 
 
 class _Waiter:
@@ -240,7 +263,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                     raise trio.ClosedResourceError("the stream is closed")
                 if self._inbound:
                     data = self._take(max_bytes)
-                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    await self._step_done()
                     return data
                 if self._remote_ended:
                     await trio.lowlevel.cancel_shielded_checkpoint()
@@ -387,10 +410,20 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                     session.kick_writer()
                     if self._moved < BULK_BYTES:
                         self._count_moved(size)
-            if not waited:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+            await self._step_done(waited)
         finally:
             self._sending = False
+
+    async def _step_done(self, waited: bool = False) -> None:
+        """The checkpoint after a piece taken or sent (none when the call already waited), and
+        for a bulk stream, while other streams are open in the process, the rounds it sits out
+        (see the module docstring). Shielded: the piece has moved, so a cancellation here
+        would lose it."""
+        if self._moved >= BULK_BYTES and small_streams_open():
+            for _ in range(BULK_YIELD_ROUNDS):
+                await trio.lowlevel.cancel_shielded_checkpoint()
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def wait_send_all_might_not_block(self) -> None:
         self._claim_send()

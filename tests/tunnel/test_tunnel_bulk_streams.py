@@ -1,13 +1,17 @@
 """A bulk transfer and the small streams beside it: the window a bulk stream may keep in flight
-while other streams open on its connection, and which streams count as bulk."""
+while other streams open on its connection, which streams count as bulk, and the scheduling
+rounds a bulk stream leaves to the others of its process."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import trio
-from tunnel_pairs import PairFactory, deliver, registered_pair
+import trio.testing
+from tunnel_pairs import PairFactory, SessionPair, deliver, registered_pair
 
 from tunnel.protocol import DataReceived, Limits, TunnelConnection, WindowUpdated
-from tunnel.streams import BULK_BYTES
+from tunnel.streams import BULK_BYTES, BULK_YIELD_ROUNDS, TunnelStream, small_streams_open
 
 WINDOW, MAXIMUM = 4096, 16384
 
@@ -140,3 +144,106 @@ async def test_a_stream_that_moved_a_window_counts_as_bulk_until_it_closes(
     assert pair.connector.bulk_streams == set()
     await small_edge.aclose()
     await small_connector.aclose()
+
+
+async def _bulk_pair(pair: SessionPair) -> tuple[TunnelStream, TunnelStream]:
+    """A stream pair that has moved BULK_BYTES from the connector to the edge."""
+    edge_stream, connector_stream = await pair.open_pair()
+
+    async def send() -> None:
+        await connector_stream.send_all(b"b" * BULK_BYTES)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        received = 0
+        while received < BULK_BYTES:
+            received += len(await edge_stream.receive_some())
+    assert edge_stream in pair.edge.bulk_streams
+    assert connector_stream in pair.connector.bulk_streams
+    return edge_stream, connector_stream
+
+
+async def _rounds_during(step: Callable[[], Awaitable[object]]) -> int:
+    """Scheduling rounds that pass while ``step`` runs: a task beside it counts one per round."""
+    rounds = 0
+    done = False
+
+    async def count() -> None:
+        nonlocal rounds
+        while not done:
+            await trio.lowlevel.checkpoint()
+            rounds += 1
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(count)
+        await trio.lowlevel.checkpoint()  # the counter is running
+        start = rounds
+        await step()
+        taken = rounds - start
+        done = True
+    return taken
+
+
+async def test_a_bulk_stream_sits_out_rounds_while_a_small_stream_is_open(
+    session_pair: PairFactory,
+) -> None:
+    pair = await session_pair()
+    edge_stream, connector_stream = await _bulk_pair(pair)
+    assert not small_streams_open()
+    # Alone in the process, a piece costs the usual single checkpoint.
+    await connector_stream.send_all(b"c" * 1000)
+    await trio.testing.wait_all_tasks_blocked()  # delivered: the receive below need not wait
+    alone_receive = await _rounds_during(edge_stream.receive_some)
+    alone_send = await _rounds_during(lambda: connector_stream.send_all(b"c" * 1000))
+    assert alone_receive <= 2
+    assert alone_send <= 2
+
+    small_edge, small_connector = await pair.open_pair()
+    assert small_streams_open()
+    await connector_stream.send_all(b"c" * 1000)
+    await trio.testing.wait_all_tasks_blocked()
+    busy_receive = await _rounds_during(edge_stream.receive_some)
+    busy_send = await _rounds_during(lambda: connector_stream.send_all(b"d" * 1000))
+    # trio shuffles the order within a round, so a count may be one off either way.
+    assert busy_receive - alone_receive in range(BULK_YIELD_ROUNDS - 1, BULK_YIELD_ROUNDS + 2)
+    assert busy_send - alone_send in range(BULK_YIELD_ROUNDS - 1, BULK_YIELD_ROUNDS + 2)
+    assert busy_receive >= alone_receive + 2
+    assert busy_send >= alone_send + 2
+    assert await edge_stream.receive_some() == b"d" * 1000
+    # The small stream itself never waits on the transfer's behalf.
+    await small_connector.send_all(b"s" * 100)
+    await trio.testing.wait_all_tasks_blocked()
+    assert await _rounds_during(small_edge.receive_some) <= 2
+
+    await small_edge.aclose()
+    await small_connector.aclose()
+    assert not small_streams_open()
+    await edge_stream.aclose()
+    await connector_stream.aclose()
+
+
+async def test_a_piece_survives_a_cancellation_during_the_rounds_sat_out(
+    session_pair: PairFactory,
+) -> None:
+    pair = await session_pair()
+    edge_stream, connector_stream = await _bulk_pair(pair)
+    small_edge, small_connector = await pair.open_pair()
+    await connector_stream.send_all(b"e" * 1000)
+    await trio.testing.wait_all_tasks_blocked()
+    received: list[bytes] = []
+    with trio.CancelScope() as scope:
+
+        async def cancel_next_round() -> None:
+            await trio.lowlevel.checkpoint()
+            scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cancel_next_round)
+            received.append(await edge_stream.receive_some())
+            await trio.lowlevel.checkpoint()  # where the cancellation lands
+    assert scope.cancelled_caught
+    assert received == [b"e" * 1000]
+    await small_edge.aclose()
+    await small_connector.aclose()
+    await edge_stream.aclose()
+    await connector_stream.aclose()
