@@ -117,6 +117,19 @@ def test_the_connector_holds_back_an_upload_the_same_way() -> None:
     assert connector.send_credit(download) == WINDOW
 
 
+async def _move_bulk(edge_stream: TunnelStream, connector_stream: TunnelStream) -> None:
+    """BULK_BYTES from the connector's side to the edge's, all taken."""
+
+    async def send() -> None:
+        await connector_stream.send_all(b"b" * BULK_BYTES)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        received = 0
+        while received < BULK_BYTES:
+            received += len(await edge_stream.receive_some())
+
+
 async def test_a_stream_that_moved_a_window_counts_as_bulk_until_it_closes(
     session_pair: PairFactory,
 ) -> None:
@@ -127,15 +140,7 @@ async def test_a_stream_that_moved_a_window_counts_as_bulk_until_it_closes(
     assert await small_edge.receive_some() == b"s" * 1000
     assert pair.edge.bulk_streams == set()
     assert pair.connector.bulk_streams == set()
-
-    async def send() -> None:
-        await connector_stream.send_all(b"b" * BULK_BYTES)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(send)
-        received = 0
-        while received < BULK_BYTES:
-            received += len(await edge_stream.receive_some())
+    await _move_bulk(edge_stream, connector_stream)
     assert pair.connector.bulk_streams == {connector_stream}  # it sent that much
     assert pair.edge.bulk_streams == {edge_stream}  # it took that much
     await edge_stream.aclose()
@@ -149,15 +154,7 @@ async def test_a_stream_that_moved_a_window_counts_as_bulk_until_it_closes(
 async def _bulk_pair(pair: SessionPair) -> tuple[TunnelStream, TunnelStream]:
     """A stream pair that has moved BULK_BYTES from the connector to the edge."""
     edge_stream, connector_stream = await pair.open_pair()
-
-    async def send() -> None:
-        await connector_stream.send_all(b"b" * BULK_BYTES)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(send)
-        received = 0
-        while received < BULK_BYTES:
-            received += len(await edge_stream.receive_some())
+    await _move_bulk(edge_stream, connector_stream)
     assert edge_stream in pair.edge.bulk_streams
     assert connector_stream in pair.connector.bulk_streams
     return edge_stream, connector_stream
