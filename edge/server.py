@@ -35,7 +35,8 @@ from edge.accepting import serve_listener
 from edge.access.gate import AccessGate
 from edge.access.runtime import AccessRuntime, settings_from_config
 from edge.admin import AdminApi, ChangeEvent, ChangeKind, serve_admin
-from edge.cluster import ClusterNode, StoreHealth, open_serving_store
+from edge.cluster import ClusterNode, open_serving_store
+from edge.cluster_changes import StoreHealth
 from edge.config import EdgeConfig
 from edge.http11 import (
     HttpLimits,

@@ -12,7 +12,7 @@ from e2e.origin import Origin, serve
 from e2e.visitor import fetch
 
 from edge.admin import ChangeEvent, ChangeKind
-from edge.cluster import parse_notice
+from edge.cluster_changes import parse_notice
 from edge.cluster_forward import HOP_HEADER, HOP_SIGNATURE_HEADER, HopAuthenticator, HopRefused
 
 from .conftest import ClusterEdgeFactory, create_tunnel, start_connector
