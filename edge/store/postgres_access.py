@@ -13,7 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -27,15 +27,16 @@ from edge.store.access_records import (
     AppSpec,
     IdpRecord,
     ServiceToken,
-    parse_access_name,
     parse_app_spec,
     parse_idp,
     parse_policy_list,
-    parse_seconds,
 )
-from edge.store.record_fields import MAX_SERVICE_TOKEN_DURATION
-from edge.store.sqlite_access import MIN_SERVICE_TOKEN_DURATION, app_not_found
-from tunnel.auth import hash_secret
+from edge.store.service_tokens import (
+    new_service_token,
+    service_token_exists,
+    service_token_not_found,
+)
+from edge.store.sqlite_access import app_not_found
 
 __all__ = ["PgAccessTables", "PgTables"]
 
@@ -374,28 +375,13 @@ class PgAccessTables(PgTables):
     # -- service tokens --------------------------------------------------------------------
 
     def create_service_token(self, name: str, *, duration: int) -> tuple[ServiceToken, str]:
-        parse_access_name(name, "name", what="service token")
-        seconds = parse_seconds(
-            duration, "duration", low=MIN_SERVICE_TOKEN_DURATION, high=MAX_SERVICE_TOKEN_DURATION
+        token, secret = new_service_token(
+            name, duration, random_bytes=self._random_bytes, now=self._clock(), new_id=self._new_id
         )
-        secret = self._random_bytes(32).hex()
-        client_id = self._random_bytes(16).hex() + ".access"
-        now = self._clock().astimezone(UTC)
-        token = ServiceToken(
-            id=self._new_id(),
-            name=name,
-            client_id=client_id,
-            secret_hash=hash_secret(secret),
-            created_at=now,
-            expires_at=now + timedelta(seconds=seconds),
-        )
+        client_id = token.client_id
         with self._transaction() as conn:
             if conn.execute("SELECT 1 FROM service_tokens WHERE name = %s", (name,)).fetchone():
-                raise Conflict(
-                    f"a service token named {name!r} already exists",
-                    code="service_token_exists",
-                    hint="delete it first to issue a new secret",
-                )
+                raise service_token_exists(name)
             conn.execute(
                 f"INSERT INTO service_tokens ({_TOKEN_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
                 (token.id, name, client_id, token.secret_hash, token.created_at, token.expires_at),
@@ -426,11 +412,7 @@ class PgAccessTables(PgTables):
                 f"SELECT {_TOKEN_COLUMNS} FROM service_tokens WHERE name = %s", (name,)
             ).fetchone()
             if row is None:
-                raise NotFound(
-                    f"no service token named {name!r}",
-                    code="service_token_not_found",
-                    hint="list them with GET /v1/service-tokens",
-                )
+                raise service_token_not_found(name)
             conn.execute("DELETE FROM service_tokens WHERE id = %s", (row[0],))
             self._audit(conn, "service_token.deleted", {"name": name}, subject=name)
             self._notify(conn, "service_token_changed", name)

@@ -17,7 +17,7 @@ import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from edge.access.policy import AppPolicySet
@@ -28,18 +28,18 @@ from edge.store.access_records import (
     AppSpec,
     IdpRecord,
     ServiceToken,
-    parse_access_name,
     parse_app_spec,
     parse_idp,
     parse_policy_list,
-    parse_seconds,
 )
-from edge.store.record_fields import MAX_SERVICE_TOKEN_DURATION
-from tunnel.auth import hash_secret
+from edge.store.service_tokens import (
+    new_service_token,
+    service_token_exists,
+    service_token_not_found,
+)
 
 __all__ = ["AccessTables", "SqliteTables", "app_not_found", "sql_timestamp"]
 
-MIN_SERVICE_TOKEN_DURATION = 60
 _APP_COLUMNS = (
     "id, name, domain, aud, type, session_duration, idps, cookie_name, header_name, "
     "email_header_name, allow_websockets, allow_encoded_slash, created_at, updated_at"
@@ -385,28 +385,13 @@ class AccessTables(SqliteTables):
     # -- service tokens --------------------------------------------------------------------
 
     def create_service_token(self, name: str, *, duration: int) -> tuple[ServiceToken, str]:
-        parse_access_name(name, "name", what="service token")
-        seconds = parse_seconds(
-            duration, "duration", low=MIN_SERVICE_TOKEN_DURATION, high=MAX_SERVICE_TOKEN_DURATION
+        token, secret = new_service_token(
+            name, duration, random_bytes=self._random_bytes, now=self._clock(), new_id=self._new_id
         )
-        secret = self._random_bytes(32).hex()
-        client_id = self._random_bytes(16).hex() + ".access"
-        now = self._clock().astimezone(UTC)
-        token = ServiceToken(
-            id=self._new_id(),
-            name=name,
-            client_id=client_id,
-            secret_hash=hash_secret(secret),
-            created_at=now,
-            expires_at=now + timedelta(seconds=seconds),
-        )
+        client_id = token.client_id
         with self._transaction() as conn:
             if conn.execute("SELECT 1 FROM service_tokens WHERE name = ?", (name,)).fetchone():
-                raise Conflict(
-                    f"a service token named {name!r} already exists",
-                    code="service_token_exists",
-                    hint="delete it first to issue a new secret",
-                )
+                raise service_token_exists(name)
             conn.execute(
                 "INSERT INTO service_tokens (id, name, client_id, secret_hash, created_at, "
                 "expires_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -447,11 +432,7 @@ class AccessTables(SqliteTables):
                 (name,),
             ).fetchone()
             if row is None:
-                raise NotFound(
-                    f"no service token named {name!r}",
-                    code="service_token_not_found",
-                    hint="list them with GET /v1/service-tokens",
-                )
+                raise service_token_not_found(name)
             conn.execute("DELETE FROM service_tokens WHERE id = ?", (row[0],))
             self._audit(conn, "service_token.deleted", {"name": name}, subject=name)
         return _token_from_row(row)
