@@ -1,0 +1,488 @@
+"""The Access configuration tables, written once for both store backends: IdPs, applications,
+policies and service tokens (the runtime state, keys to decisions, is in the backends'
+``*_runtime`` modules).
+
+Each backend's mixin (:mod:`edge.store.sqlite_access`, :mod:`edge.store.postgres_access`) says
+how its database spells what differs, and nothing else: placeholders (statements here are
+written with ``?``), timestamps (SQLite keeps ISO text, PostgreSQL ``timestamptz``), JSON
+(text, or ``jsonb``), flags (0 and 1, or booleans), the order of names (byte order on both), and
+whether a write notifies the other edges (PostgreSQL: ``app_changed``, ``idp_changed``,
+``service_token_changed``; one SQLite file has no other edges).
+
+A mixin rather than a second store, so that all tables share one connection and one
+transaction: ``apply`` changes IdPs, apps and policies together, and a batch commits all of it
+or nothing. Every record is re-validated with the parsers the admin API and ``apply`` use
+(:mod:`edge.store.access_records`), so a caller that builds a record by hand cannot store a
+value no other way in would accept; every write appends to the audit log in its transaction.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from edge.access.policy import AppPolicySet
+from edge.access.tokens import new_aud_tag
+from edge.store import Conflict, InvalidInput, NotFound
+from edge.store.access_records import (
+    AppRecord,
+    AppSpec,
+    IdpRecord,
+    ServiceToken,
+    parse_app_spec,
+    parse_idp,
+    parse_policy_list,
+)
+from edge.store.service_tokens import (
+    new_service_token,
+    service_token_exists,
+    service_token_not_found,
+)
+
+__all__ = ["AccessConfigTables", "StoreTables", "app_not_found", "idp_not_found"]
+
+_APP_COLUMNS = (
+    "id, name, domain, aud, type, session_duration, idps, cookie_name, header_name, "
+    "email_header_name, allow_websockets, allow_encoded_slash, created_at, updated_at"
+)
+_TOKEN_COLUMNS = "id, name, client_id, secret_hash, created_at, expires_at"
+
+
+def app_not_found(name: str) -> NotFound:
+    return NotFound(
+        f"no application named {name!r}", code="app_not_found", hint="list them with GET /v1/apps"
+    )
+
+
+def idp_not_found(name: str) -> NotFound:
+    return NotFound(
+        f"no identity provider named {name!r}",
+        code="idp_not_found",
+        hint="list them with GET /v1/idps",
+    )
+
+
+class StoreTables(ABC):
+    """What every table mixin needs from its store, whichever the database (each backend's
+    ``*Tables`` base adds its connection type and its own ``_transaction``)."""
+
+    _clock: Callable[[], datetime]
+    _new_id: Callable[[], str]
+    _random_bytes: Callable[[int], bytes]
+
+    @abstractmethod
+    def _reading(self) -> AbstractContextManager[Any]: ...
+
+    @abstractmethod
+    def _audit(
+        self,
+        conn: Any,
+        kind: str,
+        detail: dict[str, Any],
+        *,
+        app: str | None = None,
+        subject: str | None = None,
+        time: datetime | None = None,
+    ) -> None: ...
+
+
+class AccessConfigTables(StoreTables):
+    """The Access configuration methods of :class:`edge.store.Store` (see there for what each
+    promises), on whichever database the concrete store holds."""
+
+    # A writing transaction (each backend's own method, whose options differ).
+    _transaction: Callable[[], AbstractContextManager[Any]]
+
+    _NAME_ORDER: ClassVar[str]
+    """How ``ORDER BY`` spells byte order of names in this database."""
+
+    @staticmethod
+    @abstractmethod
+    def _notify(conn: Any, kind: str, ident: str = "") -> None:
+        """Tell the other edges what changed, with the transaction (a no-op on SQLite)."""
+
+    # -- what the database spells its own way ----------------------------------------------
+
+    @abstractmethod
+    def _run(self, conn: Any, statement: str, params: Sequence[object] = ()) -> Any:
+        """Execute ``statement`` (written with ``?`` placeholders); the cursor."""
+
+    @staticmethod
+    @abstractmethod
+    def _time_in(moment: datetime) -> object: ...
+
+    @staticmethod
+    @abstractmethod
+    def _time_out(value: Any) -> datetime: ...
+
+    @staticmethod
+    @abstractmethod
+    def _json_in(value: object) -> object: ...
+
+    @staticmethod
+    @abstractmethod
+    def _json_out(value: Any) -> Any: ...
+
+    @staticmethod
+    @abstractmethod
+    def _flag_in(value: bool) -> object: ...
+
+    # -- rows ------------------------------------------------------------------------------
+
+    def _app_from_row(self, row: Sequence[Any]) -> AppRecord:
+        spec = AppSpec(
+            name=row[1],
+            domain=row[2],
+            type=row[4],
+            session_duration=int(row[5]),
+            idps=tuple(self._json_out(row[6])),
+            cookie_name=row[7],
+            header_name=row[8],
+            email_header_name=row[9],
+            allow_websockets=bool(row[10]),
+            allow_encoded_slash=bool(row[11]),
+        )
+        return AppRecord(
+            id=row[0],
+            aud=row[3],
+            spec=spec,
+            created_at=self._time_out(row[12]),
+            updated_at=self._time_out(row[13]),
+        )
+
+    def _idp_from_row(self, row: Sequence[Any]) -> IdpRecord:
+        return parse_idp({"name": row[0], "type": row[1], **self._json_out(row[2])})
+
+    def _token_from_row(self, row: Sequence[Any]) -> ServiceToken:
+        return ServiceToken(
+            id=row[0],
+            name=row[1],
+            client_id=row[2],
+            secret_hash=row[3],
+            created_at=self._time_out(row[4]),
+            expires_at=self._time_out(row[5]),
+        )
+
+    # -- identity providers ----------------------------------------------------------------
+
+    def create_idp(self, idp: IdpRecord) -> IdpRecord:
+        checked = parse_idp(idp.to_input())
+        now = self._time_in(self._clock())
+        with self._transaction() as conn:
+            if self._run(conn, "SELECT 1 FROM idps WHERE name = ?", (checked.name,)).fetchone():
+                raise Conflict(
+                    f"an identity provider named {checked.name!r} already exists",
+                    code="idp_exists",
+                    hint=f"change it with PUT /v1/idps/{checked.name}",
+                )
+            self._run(
+                conn,
+                "INSERT INTO idps (name, type, config, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (checked.name, checked.type, self._idp_config(checked), now, now),
+            )
+            self._audit(conn, "idp.created", {"name": checked.name, "type": checked.type})
+            self._notify(conn, "idp_changed", checked.name)
+        return checked
+
+    def _idp_config(self, idp: IdpRecord) -> object:
+        settings = idp.to_input()
+        del settings["name"], settings["type"]
+        return self._json_in(settings)
+
+    def replace_idp(self, idp: IdpRecord) -> IdpRecord:
+        checked = parse_idp(idp.to_input())
+        with self._transaction() as conn:
+            updated = self._run(
+                conn,
+                "UPDATE idps SET type = ?, config = ?, updated_at = ? WHERE name = ?",
+                (
+                    checked.type,
+                    self._idp_config(checked),
+                    self._time_in(self._clock()),
+                    checked.name,
+                ),
+            )
+            if updated.rowcount == 0:
+                raise idp_not_found(checked.name)
+            self._audit(conn, "idp.updated", {"name": checked.name, "type": checked.type})
+            self._notify(conn, "idp_changed", checked.name)
+        return checked
+
+    def get_idp(self, name: str) -> IdpRecord:
+        with self._reading() as conn:
+            row = self._run(
+                conn, "SELECT name, type, config FROM idps WHERE name = ?", (name,)
+            ).fetchone()
+        if row is None:
+            raise idp_not_found(name)
+        return self._idp_from_row(row)
+
+    def list_idps(self) -> list[IdpRecord]:
+        with self._reading() as conn:
+            rows = self._run(
+                conn, f"SELECT name, type, config FROM idps ORDER BY {self._NAME_ORDER}"
+            ).fetchall()
+        return [self._idp_from_row(row) for row in rows]
+
+    def delete_idp(self, name: str) -> None:
+        with self._transaction() as conn:
+            if self._run(conn, "SELECT 1 FROM idps WHERE name = ?", (name,)).fetchone() is None:
+                raise idp_not_found(name)
+            users = [
+                app_name
+                for app_name, idps in self._run(
+                    conn, f"SELECT name, idps FROM apps ORDER BY {self._NAME_ORDER}"
+                )
+                if name in self._json_out(idps)
+            ]
+            if users:
+                raise Conflict(
+                    f"identity provider {name!r} is used by application(s) {', '.join(users)}",
+                    code="idp_in_use",
+                    hint="remove it from those applications' idps first",
+                )
+            self._run(conn, "DELETE FROM idps WHERE name = ?", (name,))
+            self._audit(conn, "idp.deleted", {"name": name})
+            self._notify(conn, "idp_changed", name)
+
+    # -- applications ----------------------------------------------------------------------
+
+    def _check_app_refs(self, conn: Any, spec: AppSpec, app_id: str) -> None:
+        taken = self._run(
+            conn, "SELECT name FROM apps WHERE domain = ? AND id != ?", (spec.domain, app_id)
+        ).fetchone()
+        if taken is not None:
+            raise Conflict(
+                f"{spec.domain} is already the domain of application {taken[0]!r}",
+                code="domain_taken",
+                hint="each host and path prefix belongs to one application",
+            )
+        known = {row[0] for row in self._run(conn, "SELECT name FROM idps")}
+        for index, idp in enumerate(spec.idps):
+            if idp not in known:
+                raise InvalidInput(
+                    f"no identity provider named {idp!r}",
+                    code="unknown_idp",
+                    key_path=f"idps[{index}]",
+                    hint="add it first (POST /v1/idps) or list it in the same apply file",
+                )
+
+    def _app_values(self, spec: AppSpec) -> tuple[object, ...]:
+        return (
+            spec.type,
+            spec.session_duration,
+            self._json_in(list(spec.idps)),
+            spec.cookie_name,
+            spec.header_name,
+            spec.email_header_name,
+            self._flag_in(spec.allow_websockets),
+            self._flag_in(spec.allow_encoded_slash),
+        )
+
+    def create_app(self, spec: AppSpec) -> AppRecord:
+        checked = parse_app_spec(spec.to_input())
+        now = self._clock().astimezone(UTC)
+        app_id, aud = self._new_id(), new_aud_tag(self._random_bytes)
+        with self._transaction() as conn:
+            if self._run(conn, "SELECT 1 FROM apps WHERE name = ?", (checked.name,)).fetchone():
+                raise Conflict(
+                    f"an application named {checked.name!r} already exists",
+                    code="app_exists",
+                    hint=f"change it with PUT /v1/apps/{checked.name}",
+                )
+            self._check_app_refs(conn, checked, app_id)
+            stamp = self._time_in(now)
+            placeholders = ", ".join(["?"] * 14)
+            self._run(
+                conn,
+                f"INSERT INTO apps ({_APP_COLUMNS}) VALUES ({placeholders})",
+                (
+                    app_id,
+                    checked.name,
+                    checked.domain,
+                    aud,
+                    *self._app_values(checked),
+                    stamp,
+                    stamp,
+                ),
+            )
+            self._audit(
+                conn, "app.created", {"domain": checked.domain, "aud": aud}, app=checked.name
+            )
+            self._notify(conn, "app_changed", checked.name)
+        return AppRecord(id=app_id, aud=aud, spec=checked, created_at=now, updated_at=now)
+
+    def replace_app(self, name: str, spec: AppSpec) -> AppRecord:
+        checked = parse_app_spec(spec.to_input())
+        if checked.name != name:
+            raise InvalidInput(
+                f"the body names {checked.name!r}, the path {name!r}",
+                code="invalid_app",
+                key_path="name",
+                hint="applications cannot be renamed; create a new one and delete the old",
+            )
+        now = self._clock().astimezone(UTC)
+        with self._transaction() as conn:
+            row = self._run(
+                conn, f"SELECT {_APP_COLUMNS} FROM apps WHERE name = ?", (name,)
+            ).fetchone()
+            if row is None:
+                raise app_not_found(name)
+            current = self._app_from_row(row)
+            self._check_app_refs(conn, checked, current.id)
+            self._run(
+                conn,
+                "UPDATE apps SET domain = ?, type = ?, session_duration = ?, idps = ?, "
+                "cookie_name = ?, header_name = ?, email_header_name = ?, "
+                "allow_websockets = ?, allow_encoded_slash = ?, updated_at = ? WHERE id = ?",
+                (checked.domain, *self._app_values(checked), self._time_in(now), current.id),
+            )
+            self._audit(conn, "app.updated", {"domain": checked.domain}, app=name)
+            self._notify(conn, "app_changed", name)
+        return AppRecord(current.id, current.aud, checked, current.created_at, now)
+
+    def get_app(self, name: str) -> AppRecord:
+        with self._reading() as conn:
+            row = self._run(
+                conn, f"SELECT {_APP_COLUMNS} FROM apps WHERE name = ?", (name,)
+            ).fetchone()
+        if row is None:
+            raise app_not_found(name)
+        return self._app_from_row(row)
+
+    def list_apps(self) -> list[AppRecord]:
+        with self._reading() as conn:
+            rows = self._run(
+                conn, f"SELECT {_APP_COLUMNS} FROM apps ORDER BY {self._NAME_ORDER}"
+            ).fetchall()
+        return [self._app_from_row(row) for row in rows]
+
+    def delete_app(self, name: str) -> AppRecord:
+        with self._transaction() as conn:
+            row = self._run(
+                conn, f"SELECT {_APP_COLUMNS} FROM apps WHERE name = ?", (name,)
+            ).fetchone()
+            if row is None:
+                raise app_not_found(name)
+            app = self._app_from_row(row)
+            self._run(conn, "DELETE FROM policies WHERE app_id = ?", (app.id,))
+            self._run(conn, "DELETE FROM apps WHERE id = ?", (app.id,))
+            self._run(
+                conn, "DELETE FROM revocations WHERE kind = 'app' AND subject = ?", (app.aud,)
+            )
+            self._audit(conn, "app.deleted", {"domain": app.spec.domain, "aud": app.aud}, app=name)
+            self._notify(conn, "app_changed", name)
+        return app
+
+    # -- policies --------------------------------------------------------------------------
+
+    def get_policies(self, app_name: str) -> AppPolicySet:
+        with self._reading() as conn:
+            app = self._run(conn, "SELECT id FROM apps WHERE name = ?", (app_name,)).fetchone()
+            if app is None:
+                raise app_not_found(app_name)
+            rows = self._run(
+                conn,
+                "SELECT name, action, include, require, exclude FROM policies "
+                "WHERE app_id = ? ORDER BY position",
+                (app[0],),
+            ).fetchall()
+        configs: list[dict[str, object]] = []
+        for name, action, include, require, exclude in rows:
+            config: dict[str, object] = {"name": name, "action": action}
+            for key, stored in (("include", include), ("require", require), ("exclude", exclude)):
+                rules = self._json_out(stored)
+                if rules:
+                    config[key] = rules
+            configs.append(config)
+        return parse_policy_list(configs)
+
+    def set_policies(self, app_name: str, policies: AppPolicySet) -> AppPolicySet:
+        checked = parse_policy_list([policy.to_config() for policy in policies.policies])
+        with self._transaction() as conn:
+            app = self._run(conn, "SELECT id FROM apps WHERE name = ?", (app_name,)).fetchone()
+            if app is None:
+                raise app_not_found(app_name)
+            self._run(conn, "DELETE FROM policies WHERE app_id = ?", (app[0],))
+            for position, policy in enumerate(checked.policies):
+                config = policy.to_config()
+                self._run(
+                    conn,
+                    "INSERT INTO policies (app_id, position, name, action, include, require, "
+                    "exclude) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        app[0],
+                        position,
+                        policy.name,
+                        policy.action,
+                        self._json_in(config.get("include", [])),
+                        self._json_in(config.get("require", [])),
+                        self._json_in(config.get("exclude", [])),
+                    ),
+                )
+            self._audit(
+                conn,
+                "app.policies_set",
+                {"policies": [policy.name for policy in checked.policies]},
+                app=app_name,
+            )
+            self._notify(conn, "app_changed", app_name)
+        return checked
+
+    # -- service tokens --------------------------------------------------------------------
+
+    def create_service_token(self, name: str, *, duration: int) -> tuple[ServiceToken, str]:
+        token, secret = new_service_token(
+            name, duration, random_bytes=self._random_bytes, now=self._clock(), new_id=self._new_id
+        )
+        client_id = token.client_id
+        with self._transaction() as conn:
+            if self._run(conn, "SELECT 1 FROM service_tokens WHERE name = ?", (name,)).fetchone():
+                raise service_token_exists(name)
+            self._run(
+                conn,
+                f"INSERT INTO service_tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    token.id,
+                    name,
+                    client_id,
+                    token.secret_hash,
+                    self._time_in(token.created_at),
+                    self._time_in(token.expires_at),
+                ),
+            )
+            self._audit(
+                conn,
+                "service_token.created",
+                {
+                    "name": name,
+                    "client_id": client_id,
+                    "expires_at": token.expires_at.isoformat(),
+                },
+                subject=name,
+            )
+            self._notify(conn, "service_token_changed", name)
+        return token, secret
+
+    def list_service_tokens(self) -> list[ServiceToken]:
+        with self._reading() as conn:
+            rows = self._run(
+                conn, f"SELECT {_TOKEN_COLUMNS} FROM service_tokens ORDER BY {self._NAME_ORDER}"
+            ).fetchall()
+        return [self._token_from_row(row) for row in rows]
+
+    def delete_service_token(self, name: str) -> ServiceToken:
+        with self._transaction() as conn:
+            row = self._run(
+                conn, f"SELECT {_TOKEN_COLUMNS} FROM service_tokens WHERE name = ?", (name,)
+            ).fetchone()
+            if row is None:
+                raise service_token_not_found(name)
+            self._run(conn, "DELETE FROM service_tokens WHERE id = ?", (row[0],))
+            self._audit(conn, "service_token.deleted", {"name": name}, subject=name)
+            self._notify(conn, "service_token_changed", name)
+        return self._token_from_row(row)
