@@ -2,12 +2,10 @@
 policies and service tokens (the runtime state, keys to decisions, is in the backends'
 ``*_runtime`` modules).
 
-Each backend's mixin (:mod:`edge.store.sqlite_access`, :mod:`edge.store.postgres_access`) says
-how its database spells what differs, and nothing else: placeholders (statements here are
-written with ``?``), timestamps (SQLite keeps ISO text, PostgreSQL ``timestamptz``), JSON
-(text, or ``jsonb``), flags (0 and 1, or booleans), the order of names (byte order on both), and
-whether a write notifies the other edges (PostgreSQL: ``app_changed``, ``idp_changed``,
-``service_token_changed``; one SQLite file has no other edges).
+How each database spells what differs (placeholders, timestamps, JSON, flags, byte order,
+notices to the other edges) is :class:`edge.store.store_tables.StoreTables`'s, answered by
+:mod:`edge.store.sqlite_tables` and :mod:`edge.store.postgres_tables`. Writes notify the other
+edges with ``app_changed``, ``idp_changed`` and ``service_token_changed``.
 
 A mixin rather than a second store, so that all tables share one connection and one
 transaction: ``apply`` changes IdPs, apps and policies together, and a batch commits all of it
@@ -18,11 +16,9 @@ value no other way in would accept; every write appends to the audit log in its 
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
-from datetime import UTC, datetime
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from datetime import UTC
+from typing import Any
 
 from edge.access.policy import AppPolicySet
 from edge.access.tokens import new_aud_tag
@@ -41,8 +37,9 @@ from edge.store.service_tokens import (
     service_token_exists,
     service_token_not_found,
 )
+from edge.store.store_tables import StoreTables
 
-__all__ = ["AccessConfigTables", "StoreTables", "app_not_found", "idp_not_found"]
+__all__ = ["AccessConfigTables", "app_not_found", "idp_not_found"]
 
 _APP_COLUMNS = (
     "id, name, domain, aud, type, session_duration, idps, cookie_name, header_name, "
@@ -65,70 +62,9 @@ def idp_not_found(name: str) -> NotFound:
     )
 
 
-class StoreTables(ABC):
-    """What every table mixin needs from its store, whichever the database (each backend's
-    ``*Tables`` base adds its connection type and its own ``_transaction``)."""
-
-    _clock: Callable[[], datetime]
-    _new_id: Callable[[], str]
-    _random_bytes: Callable[[int], bytes]
-
-    @abstractmethod
-    def _reading(self) -> AbstractContextManager[Any]: ...
-
-    @abstractmethod
-    def _audit(
-        self,
-        conn: Any,
-        kind: str,
-        detail: dict[str, Any],
-        *,
-        app: str | None = None,
-        subject: str | None = None,
-        time: datetime | None = None,
-    ) -> None: ...
-
-
 class AccessConfigTables(StoreTables):
     """The Access configuration methods of :class:`edge.store.Store` (see there for what each
     promises), on whichever database the concrete store holds."""
-
-    # A writing transaction (each backend's own method, whose options differ).
-    _transaction: Callable[[], AbstractContextManager[Any]]
-
-    _NAME_ORDER: ClassVar[str]
-    """How ``ORDER BY`` spells byte order of names in this database."""
-
-    @staticmethod
-    @abstractmethod
-    def _notify(conn: Any, kind: str, ident: str = "") -> None:
-        """Tell the other edges what changed, with the transaction (a no-op on SQLite)."""
-
-    # -- what the database spells its own way ----------------------------------------------
-
-    @abstractmethod
-    def _run(self, conn: Any, statement: str, params: Sequence[object] = ()) -> Any:
-        """Execute ``statement`` (written with ``?`` placeholders); the cursor."""
-
-    @staticmethod
-    @abstractmethod
-    def _time_in(moment: datetime) -> object: ...
-
-    @staticmethod
-    @abstractmethod
-    def _time_out(value: Any) -> datetime: ...
-
-    @staticmethod
-    @abstractmethod
-    def _json_in(value: object) -> object: ...
-
-    @staticmethod
-    @abstractmethod
-    def _json_out(value: Any) -> Any: ...
-
-    @staticmethod
-    @abstractmethod
-    def _flag_in(value: bool) -> object: ...
 
     # -- rows ------------------------------------------------------------------------------
 
@@ -224,7 +160,7 @@ class AccessConfigTables(StoreTables):
     def list_idps(self) -> list[IdpRecord]:
         with self._reading() as conn:
             rows = self._run(
-                conn, f"SELECT name, type, config FROM idps ORDER BY {self._NAME_ORDER}"
+                conn, f"SELECT name, type, config FROM idps ORDER BY {self._byte_order('name')}"
             ).fetchall()
         return [self._idp_from_row(row) for row in rows]
 
@@ -235,7 +171,7 @@ class AccessConfigTables(StoreTables):
             users = [
                 app_name
                 for app_name, idps in self._run(
-                    conn, f"SELECT name, idps FROM apps ORDER BY {self._NAME_ORDER}"
+                    conn, f"SELECT name, idps FROM apps ORDER BY {self._byte_order('name')}"
                 )
                 if name in self._json_out(idps)
             ]
@@ -357,7 +293,7 @@ class AccessConfigTables(StoreTables):
     def list_apps(self) -> list[AppRecord]:
         with self._reading() as conn:
             rows = self._run(
-                conn, f"SELECT {_APP_COLUMNS} FROM apps ORDER BY {self._NAME_ORDER}"
+                conn, f"SELECT {_APP_COLUMNS} FROM apps ORDER BY {self._byte_order('name')}"
             ).fetchall()
         return [self._app_from_row(row) for row in rows]
 
@@ -471,7 +407,7 @@ class AccessConfigTables(StoreTables):
     def list_service_tokens(self) -> list[ServiceToken]:
         with self._reading() as conn:
             rows = self._run(
-                conn, f"SELECT {_TOKEN_COLUMNS} FROM service_tokens ORDER BY {self._NAME_ORDER}"
+                conn, f"SELECT {_TOKEN_COLUMNS} FROM service_tokens ORDER BY {self._byte_order('name')}"
             ).fetchall()
         return [self._token_from_row(row) for row in rows]
 

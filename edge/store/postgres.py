@@ -54,7 +54,7 @@ from edge.store import (
     normalize_hostname,
     validate_tunnel_name,
 )
-from edge.store.postgres_access import PgAccessTables
+from edge.store.access_tables import AccessConfigTables
 from edge.store.postgres_cluster import PgClusterTables
 from edge.store.postgres_runtime import PgRuntimeTables
 from edge.store.schema_pg import PG_MIGRATIONS
@@ -161,7 +161,7 @@ def _tunnel_not_found(ref: str) -> NotFound:
     )
 
 
-class PostgresStore(PgAccessTables, PgRuntimeTables, PgClusterTables):
+class PostgresStore(PgRuntimeTables, PgClusterTables, AccessConfigTables):
     """:class:`edge.store.Store` on a PostgreSQL database named by ``url``.
 
     ``clock``, ``new_secret``, ``new_id`` and ``random_bytes`` are injectable like SQLite's;

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from edge.store.postgres_access import PgTables
+from edge.store.postgres_tables import PgTables
 
 __all__ = ["ClusterConnection", "ClusterEdge", "ClusterSnapshot", "PgClusterTables"]
 

@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 from edge.store import KeyRecord
 from edge.store.access_records import DecisionRecord, Revocation, SessionRecord
 from edge.store.access_tables import app_not_found
-from edge.store.postgres_access import Connection, PgTables
+from edge.store.postgres_tables import Connection, PgTables
 from edge.store.sqlite_runtime import _check_key_record, _normalise_email
 
 __all__ = ["PgRuntimeTables"]

@@ -49,8 +49,9 @@ from edge.store import (
     normalize_hostname,
     validate_tunnel_name,
 )
-from edge.store.sqlite_access import AccessTables, sql_timestamp
+from edge.store.access_tables import AccessConfigTables
 from edge.store.sqlite_runtime import RuntimeTables
+from edge.store.sqlite_tables import sql_timestamp
 from tunnel.auth import hash_secret
 
 __all__ = ["MIGRATIONS", "Migration", "SqliteStore"]
@@ -220,7 +221,7 @@ def _tunnel_not_found(ref: str) -> NotFound:
     )
 
 
-class SqliteStore(AccessTables, RuntimeTables):
+class SqliteStore(RuntimeTables, AccessConfigTables):
     """:class:`edge.store.Store` on one SQLite file.
 
     Pending migrations are applied on open unless ``apply_migrations`` is False (the

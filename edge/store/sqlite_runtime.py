@@ -17,7 +17,7 @@ from typing import Any
 from edge.store import InvalidInput, KeyRecord
 from edge.store.access_records import DecisionRecord, Revocation, SessionRecord
 from edge.store.access_tables import app_not_found
-from edge.store.sqlite_access import SqliteTables, sql_timestamp
+from edge.store.sqlite_tables import SqliteTables, sql_timestamp
 
 __all__ = ["RuntimeTables"]
 

@@ -1,9 +1,9 @@
-"""The PostgreSQL spelling of the Access configuration tables (:mod:`edge.store.access_tables`),
-and what every table mixin of :class:`edge.store.postgres.PostgresStore` needs from it.
+"""The PostgreSQL spelling of the store's tables (:class:`edge.store.store_tables.StoreTables`),
+for every table mixin of :class:`edge.store.postgres.PostgresStore`.
 
 Statements take ``%s`` placeholders, timestamps are ``timestamptz``, JSON is ``jsonb``, flags
-are booleans, names sort with ``COLLATE "C"`` (byte order, as on SQLite), and every write
-notifies the other edges through :meth:`PgTables._notify`.
+are booleans, text sorts with ``COLLATE "C"`` (byte order, as on SQLite), and every write
+notifies the other edges (``PostgresStore._notify``).
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from abc import abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from edge.store.access_tables import AccessConfigTables, StoreTables
+from edge.store.store_tables import StoreTables
 
-__all__ = ["Connection", "PgAccessTables", "PgTables"]
+__all__ = ["Connection", "PgTables"]
 
 Connection = psycopg.Connection[Any]
 
@@ -28,7 +28,8 @@ _STATEMENTS: dict[str, str] = {}
 
 
 class PgTables(StoreTables):
-    """What the table mixins need from :class:`edge.store.postgres.PostgresStore`."""
+    """What the table mixins need from :class:`edge.store.postgres.PostgresStore`, and
+    PostgreSQL's spelling of what differs between databases."""
 
     @abstractmethod
     def _transaction(self, *, exclusive: bool = True) -> AbstractContextManager[Connection]: ...
@@ -40,16 +41,10 @@ class PgTables(StoreTables):
     @abstractmethod
     def _notify(conn: Connection, kind: str, ident: str = "") -> None: ...
 
-
-class PgAccessTables(PgTables, AccessConfigTables):
-    """The Access configuration tables on PostgreSQL."""
-
-    _NAME_ORDER: ClassVar[str] = 'name COLLATE "C"'
-
     def _run(self, conn: Any, statement: str, params: Sequence[object] = ()) -> Any:
         converted = _STATEMENTS.get(statement)
         if converted is None:
-            # No statement of the tables holds a literal "?" or "%".
+            # No statement of the shared tables holds a literal "?" or "%".
             converted = _STATEMENTS[statement] = statement.replace("?", "%s")
         return conn.execute(converted, params)
 
@@ -73,3 +68,7 @@ class PgAccessTables(PgTables, AccessConfigTables):
     @staticmethod
     def _flag_in(value: bool) -> object:
         return value
+
+    @staticmethod
+    def _byte_order(column: str) -> str:
+        return f'{column} COLLATE "C"'

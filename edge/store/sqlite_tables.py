@@ -1,8 +1,8 @@
-"""The SQLite spelling of the Access configuration tables (:mod:`edge.store.access_tables`),
-and what every table mixin of :class:`edge.store.sqlite.SqliteStore` needs from it.
+"""The SQLite spelling of the store's tables (:class:`edge.store.store_tables.StoreTables`),
+for every table mixin of :class:`edge.store.sqlite.SqliteStore`.
 
 Timestamps are ISO text in UTC (``sql_timestamp``), JSON is text with sorted keys, flags are 0
-and 1, names sort in SQLite's default byte order, and nothing is notified: one SQLite file
+and 1, text sorts in SQLite's default byte order, and nothing is notified: one SQLite file
 serves one edge.
 """
 
@@ -14,11 +14,11 @@ from abc import abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any
 
-from edge.store.access_tables import AccessConfigTables, StoreTables, app_not_found
+from edge.store.store_tables import StoreTables
 
-__all__ = ["AccessTables", "SqliteTables", "app_not_found", "sql_timestamp"]
+__all__ = ["SqliteTables", "sql_timestamp"]
 
 
 def sql_timestamp(moment: datetime) -> str:
@@ -28,7 +28,8 @@ def sql_timestamp(moment: datetime) -> str:
 
 
 class SqliteTables(StoreTables):
-    """What the table mixins need from :class:`edge.store.sqlite.SqliteStore`."""
+    """What the table mixins need from :class:`edge.store.sqlite.SqliteStore`, and SQLite's
+    spelling of what differs between databases."""
 
     @abstractmethod
     def _transaction(self) -> AbstractContextManager[sqlite3.Connection]: ...
@@ -36,18 +37,12 @@ class SqliteTables(StoreTables):
     @abstractmethod
     def _reading(self) -> AbstractContextManager[sqlite3.Connection]: ...
 
-
-class AccessTables(SqliteTables, AccessConfigTables):
-    """The Access configuration tables on SQLite."""
-
-    _NAME_ORDER: ClassVar[str] = "name"
-
-    def _run(self, conn: Any, statement: str, params: Sequence[object] = ()) -> Any:
-        return conn.execute(statement, params)
-
     @staticmethod
     def _notify(conn: Any, kind: str, ident: str = "") -> None:
         return None  # one SQLite file serves one edge: nobody else to tell
+
+    def _run(self, conn: Any, statement: str, params: Sequence[object] = ()) -> Any:
+        return conn.execute(statement, params)
 
     @staticmethod
     def _time_in(moment: datetime) -> object:
@@ -68,3 +63,7 @@ class AccessTables(SqliteTables, AccessConfigTables):
     @staticmethod
     def _flag_in(value: bool) -> object:
         return int(value)
+
+    @staticmethod
+    def _byte_order(column: str) -> str:
+        return column  # SQLite's default collation compares bytes
