@@ -28,7 +28,6 @@ Secrets are stored as in SQLite: only SHA-256 digests, except the Access signing
 
 from __future__ import annotations
 
-import hmac
 import logging
 import secrets
 import threading
@@ -45,20 +44,13 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
 from edge.store import (
-    AuditEvent,
-    Conflict,
-    NotFound,
-    Route,
     StoreError,
-    Tunnel,
-    normalize_hostname,
-    validate_tunnel_name,
 )
 from edge.store.access_tables import AccessConfigTables
 from edge.store.postgres_cluster import PgClusterTables
 from edge.store.postgres_runtime import PgRuntimeTables
 from edge.store.schema_pg import PG_MIGRATIONS
-from tunnel.auth import hash_secret
+from edge.store.tunnel_tables import TunnelConfigTables
 
 __all__ = [
     "NOTIFY_CHANNEL",
@@ -77,7 +69,6 @@ NOTIFY_CHANNEL = "tunnelgate"
 WRITE_LOCK = 0x7467_0001
 """Advisory lock key every administrative write transaction takes first."""
 MIGRATION_LOCK = 0x7467_0002
-ADMIN_TOKEN_PREFIX = "tga_"
 CONNECT_TIMEOUT = 5
 RETRY_MIN = 0.25
 RETRY_MAX = 5.0
@@ -153,15 +144,7 @@ def _new_id() -> str:
     return str(uuid.uuid4())
 
 
-def _tunnel_not_found(ref: str) -> NotFound:
-    return NotFound(
-        f"no tunnel named or with id {ref!r}",
-        code="tunnel_not_found",
-        hint="list tunnels with GET /v1/tunnels",
-    )
-
-
-class PostgresStore(PgRuntimeTables, PgClusterTables, AccessConfigTables):
+class PostgresStore(PgRuntimeTables, PgClusterTables, AccessConfigTables, TunnelConfigTables):
     """:class:`edge.store.Store` on a PostgreSQL database named by ``url``.
 
     ``clock``, ``new_secret``, ``new_id`` and ``random_bytes`` are injectable like SQLite's;
@@ -389,214 +372,3 @@ class PostgresStore(PgRuntimeTables, PgClusterTables, AccessConfigTables):
         for version in applied:
             log.info("store %s: applied schema migration %d", redact_url(self.url), version)
         return applied
-
-    # -- tunnels ---------------------------------------------------------------------------
-
-    def create_tunnel(self, name: str) -> tuple[Tunnel, str]:
-        validate_tunnel_name(name)
-        now = self._clock().astimezone(UTC)
-        tunnel = Tunnel(id=self._new_id(), name=name, created_at=now)
-        secret = self._new_secret()
-        with self._transaction() as conn:
-            taken = conn.execute(
-                "SELECT id FROM tunnels WHERE name = %s AND deleted_at IS NULL", (name,)
-            ).fetchone()
-            if taken is not None:
-                raise Conflict(
-                    f"a tunnel named {name!r} already exists",
-                    code="tunnel_exists",
-                    hint="pick another name, or delete the existing tunnel first",
-                )
-            conn.execute(
-                "INSERT INTO tunnels (id, name, created_at) VALUES (%s, %s, %s)",
-                (tunnel.id, name, now),
-            )
-            self._insert_credential(conn, tunnel.id, secret)
-            self._audit(conn, "tunnel.created", {"tunnel_id": tunnel.id, "name": name})
-            self._notify(conn, "tunnel_created", tunnel.id)
-        return tunnel, secret
-
-    def _insert_credential(self, conn: psycopg.Connection[Any], tunnel_id: str, secret: str) -> None:
-        conn.execute(
-            "INSERT INTO tunnel_credentials (tunnel_id, secret_hash, created_at) "
-            "VALUES (%s, %s, %s)",
-            (tunnel_id, hash_secret(secret), self._clock()),
-        )
-
-    def add_tunnel_credential(self, tunnel_id: str) -> str:
-        secret = self._new_secret()
-        with self._transaction() as conn:
-            if self._live_tunnel_row(conn, tunnel_id) is None:
-                raise _tunnel_not_found(tunnel_id)
-            self._insert_credential(conn, tunnel_id, secret)
-            self._audit(conn, "tunnel.credential_added", {"tunnel_id": tunnel_id})
-            self._notify(conn, "credential_added", tunnel_id)
-        return secret
-
-    @staticmethod
-    def _live_tunnel_row(
-        conn: psycopg.Connection[Any], ref: str, *, by_name: bool = False
-    ) -> tuple[str, str, datetime] | None:
-        column = "name" if by_name else "id"
-        row = conn.execute(
-            f"SELECT id, name, created_at FROM tunnels WHERE {column} = %s "
-            "AND deleted_at IS NULL",
-            (ref,),
-        ).fetchone()
-        return None if row is None else (row[0], row[1], row[2])
-
-    def get_tunnel(self, ref: str) -> Tunnel:
-        with self._reading() as conn:
-            row = self._live_tunnel_row(conn, ref) or self._live_tunnel_row(
-                conn, ref, by_name=True
-            )
-        if row is None:
-            raise _tunnel_not_found(ref)
-        return Tunnel(id=row[0], name=row[1], created_at=row[2])
-
-    def list_tunnels(self) -> list[Tunnel]:
-        with self._reading() as conn:
-            rows = conn.execute(
-                "SELECT id, name, created_at FROM tunnels WHERE deleted_at IS NULL "
-                "ORDER BY name COLLATE \"C\""
-            ).fetchall()
-        return [Tunnel(id=r[0], name=r[1], created_at=r[2]) for r in rows]
-
-    def delete_tunnel(self, tunnel_id: str) -> None:
-        with self._transaction() as conn:
-            row = self._live_tunnel_row(conn, tunnel_id)
-            if row is None:
-                raise _tunnel_not_found(tunnel_id)
-            routes = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT hostname FROM routes WHERE tunnel_id = %s "
-                    "ORDER BY hostname COLLATE \"C\"",
-                    (tunnel_id,),
-                )
-            ]
-            conn.execute("DELETE FROM routes WHERE tunnel_id = %s", (tunnel_id,))
-            conn.execute("DELETE FROM tunnel_credentials WHERE tunnel_id = %s", (tunnel_id,))
-            conn.execute(
-                "UPDATE tunnels SET deleted_at = %s WHERE id = %s", (self._clock(), tunnel_id)
-            )
-            self._audit(
-                conn,
-                "tunnel.deleted",
-                {"tunnel_id": tunnel_id, "name": row[1], "routes": routes},
-            )
-            self._notify(conn, "tunnel_deleted", tunnel_id)
-
-    def tunnel_secret_hashes(self) -> dict[str, list[str]]:
-        with self._reading() as conn:
-            rows = conn.execute(
-                "SELECT c.tunnel_id, c.secret_hash FROM tunnel_credentials c "
-                "JOIN tunnels t ON t.id = c.tunnel_id WHERE t.deleted_at IS NULL ORDER BY c.id"
-            ).fetchall()
-        hashes: dict[str, list[str]] = {}
-        for tunnel_id, secret_hash in rows:
-            hashes.setdefault(tunnel_id, []).append(secret_hash)
-        return hashes
-
-    # -- routes ----------------------------------------------------------------------------
-
-    def add_route(self, tunnel_id: str, hostname: str) -> tuple[Route, bool]:
-        host = normalize_hostname(hostname)
-        with self._transaction() as conn:
-            tunnel = self._live_tunnel_row(conn, tunnel_id)
-            if tunnel is None:
-                raise _tunnel_not_found(tunnel_id)
-            existing = conn.execute(
-                "SELECT r.tunnel_id, t.name FROM routes r JOIN tunnels t ON t.id = r.tunnel_id "
-                "WHERE r.hostname = %s",
-                (host,),
-            ).fetchone()
-            if existing is not None:
-                if existing[0] == tunnel_id:
-                    return Route(host, tunnel_id, tunnel[1]), False
-                raise Conflict(
-                    f"{host} is already routed to tunnel {existing[1]!r}",
-                    code="route_exists",
-                    hint=f"delete the route first: DELETE /v1/routes/{host}",
-                )
-            conn.execute(
-                "INSERT INTO routes (hostname, tunnel_id, created_at) VALUES (%s, %s, %s)",
-                (host, tunnel_id, self._clock()),
-            )
-            self._audit(conn, "route.added", {"hostname": host, "tunnel_id": tunnel_id})
-            self._notify(conn, "route_added", tunnel_id)
-        return Route(host, tunnel_id, tunnel[1]), True
-
-    def list_routes(self) -> list[Route]:
-        with self._reading() as conn:
-            rows = conn.execute(
-                "SELECT r.hostname, r.tunnel_id, t.name FROM routes r "
-                "JOIN tunnels t ON t.id = r.tunnel_id ORDER BY r.hostname COLLATE \"C\""
-            ).fetchall()
-        return [Route(r[0], r[1], r[2]) for r in rows]
-
-    def delete_route(self, hostname: str) -> Route:
-        host = normalize_hostname(hostname)
-        with self._transaction() as conn:
-            row = conn.execute(
-                "SELECT r.tunnel_id, t.name FROM routes r JOIN tunnels t ON t.id = r.tunnel_id "
-                "WHERE r.hostname = %s",
-                (host,),
-            ).fetchone()
-            if row is None:
-                raise NotFound(
-                    f"no route for {host}",
-                    code="route_not_found",
-                    hint="list routes with GET /v1/routes",
-                )
-            conn.execute("DELETE FROM routes WHERE hostname = %s", (host,))
-            self._audit(conn, "route.deleted", {"hostname": host, "tunnel_id": row[0]})
-            self._notify(conn, "route_deleted", row[0])
-        return Route(host, row[0], row[1])
-
-    # -- admin tokens ----------------------------------------------------------------------
-
-    def add_admin_token(self) -> str:
-        token = ADMIN_TOKEN_PREFIX + self._new_secret()
-        with self._transaction() as conn:
-            conn.execute(
-                "INSERT INTO admin_tokens (hash, created_at) VALUES (%s, %s)",
-                (hash_secret(token), self._clock()),
-            )
-            self._audit(conn, "admin_token.created", {})
-            self._notify(conn, "admin_token_added")
-        return token
-
-    def verify_admin_token(self, token: str) -> bool:
-        presented = hash_secret(token)
-        with self._reading() as conn:
-            stored = [row[0] for row in conn.execute("SELECT hash FROM admin_tokens")]
-        # Compare against every stored hash so the time taken says nothing about which matched.
-        matched = False
-        for candidate in stored:
-            matched |= hmac.compare_digest(presented, candidate)
-        return matched
-
-    # -- audit log -------------------------------------------------------------------------
-
-    def audit_events(
-        self, limit: int = 100, *, app: str | None = None, email: str | None = None
-    ) -> list[AuditEvent]:
-        conditions: list[str] = []
-        values: list[object] = []
-        if app is not None:
-            conditions.append("app = %s")
-            values.append(app)
-        if email is not None:
-            conditions.append("subject = %s")
-            values.append(email.lower())
-        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
-        with self._reading() as conn:
-            rows = conn.execute(
-                "SELECT time, kind, detail, app, subject FROM audit_log "
-                f"{where}ORDER BY id DESC LIMIT %s",
-                (*values, max(0, limit)),
-            ).fetchall()
-        return [
-            AuditEvent(time=r[0], kind=r[1], detail=r[2], app=r[3], subject=r[4]) for r in rows
-        ]
