@@ -2,8 +2,7 @@
 
 A token is made (name and lifetime checked, client id and secret drawn, the secret hashed)
 the same way whichever database keeps it, and a clash or a missing token reads the same to the
-admin API's caller; only the statements differ (:mod:`edge.store.sqlite_access`,
-:mod:`edge.store.postgres_access`).
+admin API's caller (:mod:`edge.store.access_tables` stores it).
 """
 
 from __future__ import annotations

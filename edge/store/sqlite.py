@@ -15,10 +15,12 @@ only their SHA-256 hex digests, so a copy of the database file does not let anyo
 exception is the Access signing keys, which the edge needs in clear to sign; the file is created
 with mode 0600 for that reason.
 
-The Access tables are served by two mixins over the same connection, lock and transactions:
-:class:`edge.store.sqlite_access.AccessTables` (IdPs, applications, policies, service tokens)
-and :class:`edge.store.sqlite_runtime.RuntimeTables` (signing keys, sessions, revocations,
-decisions). :meth:`SqliteStore.batch` groups several
+The tables are served by mixins over the same connection, lock and transactions, written once
+for both backends where the statements allow it: :class:`edge.store.tunnel_tables.TunnelConfigTables`
+(tunnels, routes, admin tokens, the audit log), :class:`edge.store.access_tables.AccessConfigTables`
+(IdPs, applications, policies, service tokens), and the SQLite-only
+:class:`edge.store.sqlite_runtime.RuntimeTables` (signing keys, sessions, revocations,
+decisions); :mod:`edge.store.sqlite_tables` is SQLite's spelling for the shared ones. :meth:`SqliteStore.batch` groups several
 writes into one transaction (``apply`` uses it: a document is applied entirely or not at all).
 """
 

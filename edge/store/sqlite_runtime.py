@@ -1,7 +1,7 @@
 """The Access runtime tables of the SQLite store: signing keys, sessions, revocations and the
 access decisions of the audit log.
 
-Like :mod:`edge.store.sqlite_access` it is a mixin of :class:`edge.store.sqlite.SqliteStore`,
+Like :mod:`edge.store.access_tables` it is a mixin of :class:`edge.store.sqlite.SqliteStore`,
 sharing its connection, lock and transactions. Session ids are never stored, only
 :func:`edge.store.access_records.session_id_hash` of them; signing keys are stored in clear
 because the edge signs with them, which is why the database file is private (mode 0600).
