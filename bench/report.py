@@ -189,6 +189,19 @@ def _cell_text(cell: dict[str, Any], target: dict[str, Any]) -> tuple[str, str]:
     return f"**{cell['status']}**: {reason}" if reason else cell["status"], ""
 
 
+def _machine_speed(machine: dict[str, Any]) -> list[str]:
+    """A line on how fast the machine ran Python before the first load and after the last."""
+    loop = machine.get("python_loop_seconds")
+    if not isinstance(loop, dict):
+        return []  # results written before the probe existed
+    return [
+        f"Machine: {machine.get('cpu_model', 'unknown')}; a {loop['steps']:,}-step Python loop "
+        f"took {loop['before']:.2f} s before the first load and {loop['after']:.2f} s after the "
+        "last (ratios compare within one run only).",
+        "",
+    ]
+
+
 def markdown_table(results: dict[str, Any], chart_name: str | None) -> str:
     labels = {t["name"]: t["label"] for t in results["targets"]}
     targets = {t["name"]: t for t in results["targets"]}
@@ -199,6 +212,7 @@ def markdown_table(results: dict[str, Any], chart_name: str | None) -> str:
         f"{results['machine']['cpus']} CPUs, everything on 127.0.0.1. "
         f"Raw numbers: `bench/results/{results['file_stem']}.json`.",
         "",
+        *_machine_speed(results["machine"]),
         "Targets:",
         "",
         *(

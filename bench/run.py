@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -177,6 +178,36 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+PYTHON_LOOP_STEPS = 10_000_000
+
+
+def python_loop_seconds(steps: int = PYTHON_LOOP_STEPS) -> float:
+    """Seconds this machine takes for a plain Python loop right now, the best of three.
+
+    Why: the same build's rows moved by up to 2x between machines and by up to 30% within
+    minutes on one, and `ssh -R` (C) and tunnelgate (Python) do not move together. Taken before
+    the first load and after the last, it says how fast, and how steady, the run's machine was.
+    """
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for step in range(steps):
+            total += step
+        best = min(best, time.perf_counter() - started)
+    return round(best, 3)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def run_bench(arguments: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     quick = arguments.quick
     settings = Settings(
@@ -215,6 +246,7 @@ def run_bench(arguments: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             say("reading TCP_NODELAY off the ssh sockets")
             nodelay_probe = probe_ssh_nodelay_variants(context, plain_ssh)
         bench = Bench(settings, context, targets, recorder, say)
+        loop_before = python_loop_seconds()
         if "rss" in selected:
             bench.rss_idle()
         if "keepalive" in selected:
@@ -233,6 +265,7 @@ def run_bench(arguments: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             if scenario in selected:
                 say(title)
                 step()
+        loop_after = python_loop_seconds()
     commit, dirty = git_commit()
     date = datetime.date.today().isoformat()
     stem = f"{date}-{commit}" + ("-quick" if quick else "") + ("-partial" if arguments.only else "")
@@ -251,6 +284,12 @@ def run_bench(arguments: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "cpus": os.cpu_count(),
             "kernel": platform.release(),
             "python": platform.python_version(),
+            "cpu_model": cpu_model(),
+            "python_loop_seconds": {
+                "steps": PYTHON_LOOP_STEPS,
+                "before": loop_before,
+                "after": loop_after,
+            },
         },
         "tools": tool_versions(),
         "ssh_nodelay_probe": nodelay_probe,
