@@ -17,7 +17,7 @@ value no other way in would accept; every write appends to the audit log in its 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC
+from datetime import UTC, timedelta
 from typing import Any
 
 from edge.access.policy import AppPolicySet
@@ -28,16 +28,15 @@ from edge.store.access_records import (
     AppSpec,
     IdpRecord,
     ServiceToken,
+    parse_access_name,
     parse_app_spec,
     parse_idp,
     parse_policy_list,
+    parse_seconds,
 )
-from edge.store.service_tokens import (
-    new_service_token,
-    service_token_exists,
-    service_token_not_found,
-)
+from edge.store.record_fields import MAX_SERVICE_TOKEN_DURATION
 from edge.store.store_tables import StoreTables
+from tunnel.auth import hash_secret
 
 __all__ = ["AccessConfigTables", "app_not_found", "idp_not_found"]
 
@@ -46,6 +45,7 @@ _APP_COLUMNS = (
     "email_header_name, allow_websockets, allow_encoded_slash, created_at, updated_at"
 )
 _TOKEN_COLUMNS = "id, name, client_id, secret_hash, created_at, expires_at"
+MIN_SERVICE_TOKEN_DURATION = 60
 
 
 def app_not_found(name: str) -> NotFound:
@@ -372,13 +372,29 @@ class AccessConfigTables(StoreTables):
     # -- service tokens --------------------------------------------------------------------
 
     def create_service_token(self, name: str, *, duration: int) -> tuple[ServiceToken, str]:
-        token, secret = new_service_token(
-            name, duration, random_bytes=self._random_bytes, now=self._clock(), new_id=self._new_id
+        parse_access_name(name, "name", what="service token")
+        seconds = parse_seconds(
+            duration, "duration", low=MIN_SERVICE_TOKEN_DURATION, high=MAX_SERVICE_TOKEN_DURATION
         )
-        client_id = token.client_id
+        # The secret is shown once; only its hash is kept.
+        secret = self._random_bytes(32).hex()
+        client_id = self._random_bytes(16).hex() + ".access"
+        now = self._clock().astimezone(UTC)
+        token = ServiceToken(
+            id=self._new_id(),
+            name=name,
+            client_id=client_id,
+            secret_hash=hash_secret(secret),
+            created_at=now,
+            expires_at=now + timedelta(seconds=seconds),
+        )
         with self._transaction() as conn:
             if self._run(conn, "SELECT 1 FROM service_tokens WHERE name = ?", (name,)).fetchone():
-                raise service_token_exists(name)
+                raise Conflict(
+                    f"a service token named {name!r} already exists",
+                    code="service_token_exists",
+                    hint="delete it first to issue a new secret",
+                )
             self._run(
                 conn,
                 f"INSERT INTO service_tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
@@ -417,7 +433,11 @@ class AccessConfigTables(StoreTables):
                 conn, f"SELECT {_TOKEN_COLUMNS} FROM service_tokens WHERE name = ?", (name,)
             ).fetchone()
             if row is None:
-                raise service_token_not_found(name)
+                raise NotFound(
+                    f"no service token named {name!r}",
+                    code="service_token_not_found",
+                    hint="list them with GET /v1/service-tokens",
+                )
             self._run(conn, "DELETE FROM service_tokens WHERE id = ?", (row[0],))
             self._audit(conn, "service_token.deleted", {"name": name}, subject=name)
             self._notify(conn, "service_token_changed", name)
