@@ -41,7 +41,6 @@ from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.types.json import Jsonb
 
 from edge.store import (
     StoreError,
@@ -298,27 +297,6 @@ class PostgresStore(PgRuntimeTables, PgClusterTables, AccessConfigTables, Tunnel
                 yield conn
             except psycopg.Error as exc:
                 raise self._failure(exc, "read") from exc
-
-    def _audit(
-        self,
-        conn: psycopg.Connection[Any],
-        kind: str,
-        detail: dict[str, Any],
-        *,
-        app: str | None = None,
-        subject: str | None = None,
-        time: datetime | None = None,
-    ) -> None:
-        conn.execute(
-            "INSERT INTO audit_log (time, kind, detail, app, subject) VALUES (%s, %s, %s, %s, %s)",
-            (
-                (time or self._clock()).astimezone(UTC),
-                kind,
-                Jsonb(detail),
-                app,
-                subject.lower() if subject else None,
-            ),
-        )
 
     @staticmethod
     def _notify(conn: psycopg.Connection[Any], kind: str, ident: str = "") -> None:

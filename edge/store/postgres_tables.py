@@ -23,10 +23,6 @@ __all__ = ["Connection", "PgTables"]
 
 Connection = psycopg.Connection[Any]
 
-# Statements converted from ``?`` to ``%s`` placeholders, by their text (a fixed set).
-_STATEMENTS: dict[str, str] = {}
-
-
 class PgTables(StoreTables):
     """What the table mixins need from :class:`edge.store.postgres.PostgresStore`, and
     PostgreSQL's spelling of what differs between databases."""
@@ -42,11 +38,8 @@ class PgTables(StoreTables):
     def _notify(conn: Connection, kind: str, ident: str = "") -> None: ...
 
     def _run(self, conn: Any, statement: str, params: Sequence[object] = ()) -> Any:
-        converted = _STATEMENTS.get(statement)
-        if converted is None:
-            # No statement of the shared tables holds a literal "?" or "%".
-            converted = _STATEMENTS[statement] = statement.replace("?", "%s")
-        return conn.execute(converted, params)
+        # No statement of the shared tables holds a literal "?" or "%".
+        return conn.execute(statement.replace("?", "%s"), params)
 
     @staticmethod
     def _time_in(moment: datetime) -> object:

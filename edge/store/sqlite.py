@@ -26,7 +26,6 @@ writes into one transaction (``apply`` uses it: a document is applied entirely o
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -38,7 +37,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from edge.store import (
     StoreError,
@@ -313,27 +311,6 @@ class SqliteStore(RuntimeTables, AccessConfigTables, TunnelConfigTables):
                 yield self._conn
             except sqlite3.Error as exc:
                 raise StoreError(f"store read failed: {exc}") from exc
-
-    def _audit(
-        self,
-        conn: sqlite3.Connection,
-        kind: str,
-        detail: dict[str, Any],
-        *,
-        app: str | None = None,
-        subject: str | None = None,
-        time: datetime | None = None,
-    ) -> None:
-        conn.execute(
-            "INSERT INTO audit_log (time, kind, detail, app, subject) VALUES (?, ?, ?, ?, ?)",
-            (
-                _timestamp(time or self._clock()),
-                kind,
-                json.dumps(detail, sort_keys=True),
-                app,
-                subject.lower() if subject else None,
-            ),
-        )
 
     # -- schema ----------------------------------------------------------------------------
 

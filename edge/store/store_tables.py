@@ -21,7 +21,8 @@ __all__ = ["StoreTables"]
 
 
 class StoreTables(ABC):
-    """The store's clock, ids, transactions and audit log, and its database's spelling."""
+    """The store's clock, ids and transactions, its database's spelling, and the audit log
+    written with them."""
 
     _clock: Callable[[], datetime]
     _new_id: Callable[[], str]
@@ -34,7 +35,6 @@ class StoreTables(ABC):
     @abstractmethod
     def _reading(self) -> AbstractContextManager[Any]: ...
 
-    @abstractmethod
     def _audit(
         self,
         conn: Any,
@@ -44,7 +44,20 @@ class StoreTables(ABC):
         app: str | None = None,
         subject: str | None = None,
         time: datetime | None = None,
-    ) -> None: ...
+    ) -> None:
+        """Append to the audit log in the caller's transaction (subjects are e-mail addresses
+        or names, kept in lower case so a search by address finds every spelling)."""
+        self._run(
+            conn,
+            "INSERT INTO audit_log (time, kind, detail, app, subject) VALUES (?, ?, ?, ?, ?)",
+            (
+                self._time_in(time or self._clock()),
+                kind,
+                self._json_in(detail),
+                app,
+                subject.lower() if subject else None,
+            ),
+        )
 
     @staticmethod
     @abstractmethod
