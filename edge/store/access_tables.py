@@ -150,11 +150,12 @@ class AccessConfigTables(StoreTables):
 
     def get_idp(self, name: str) -> IdpRecord:
         with self._reading() as conn:
-            row = self._run(
-                conn, "SELECT name, type, config FROM idps WHERE name = ?", (name,)
-            ).fetchone()
-        if row is None:
-            raise idp_not_found(name)
+            row = self._one(
+                conn,
+                "SELECT name, type, config FROM idps WHERE name = ?",
+                (name,),
+                idp_not_found(name),
+            )
         return self._idp_from_row(row)
 
     def list_idps(self) -> list[IdpRecord]:
@@ -166,8 +167,7 @@ class AccessConfigTables(StoreTables):
 
     def delete_idp(self, name: str) -> None:
         with self._transaction() as conn:
-            if self._run(conn, "SELECT 1 FROM idps WHERE name = ?", (name,)).fetchone() is None:
-                raise idp_not_found(name)
+            self._one(conn, "SELECT 1 FROM idps WHERE name = ?", (name,), idp_not_found(name))
             users = [
                 app_name
                 for app_name, idps in self._run(
@@ -263,12 +263,7 @@ class AccessConfigTables(StoreTables):
             )
         now = self._clock().astimezone(UTC)
         with self._transaction() as conn:
-            row = self._run(
-                conn, f"SELECT {_APP_COLUMNS} FROM apps WHERE name = ?", (name,)
-            ).fetchone()
-            if row is None:
-                raise app_not_found(name)
-            current = self._app_from_row(row)
+            current = self._app(conn, name)
             self._check_app_refs(conn, checked, current.id)
             self._run(
                 conn,
@@ -281,14 +276,15 @@ class AccessConfigTables(StoreTables):
             self._notify(conn, "app_changed", name)
         return AppRecord(current.id, current.aud, checked, current.created_at, now)
 
+    def _app(self, conn: Any, name: str) -> AppRecord:
+        row = self._one(
+            conn, f"SELECT {_APP_COLUMNS} FROM apps WHERE name = ?", (name,), app_not_found(name)
+        )
+        return self._app_from_row(row)
+
     def get_app(self, name: str) -> AppRecord:
         with self._reading() as conn:
-            row = self._run(
-                conn, f"SELECT {_APP_COLUMNS} FROM apps WHERE name = ?", (name,)
-            ).fetchone()
-        if row is None:
-            raise app_not_found(name)
-        return self._app_from_row(row)
+            return self._app(conn, name)
 
     def list_apps(self) -> list[AppRecord]:
         with self._reading() as conn:
@@ -299,12 +295,7 @@ class AccessConfigTables(StoreTables):
 
     def delete_app(self, name: str) -> AppRecord:
         with self._transaction() as conn:
-            row = self._run(
-                conn, f"SELECT {_APP_COLUMNS} FROM apps WHERE name = ?", (name,)
-            ).fetchone()
-            if row is None:
-                raise app_not_found(name)
-            app = self._app_from_row(row)
+            app = self._app(conn, name)
             self._run(conn, "DELETE FROM policies WHERE app_id = ?", (app.id,))
             self._run(conn, "DELETE FROM apps WHERE id = ?", (app.id,))
             self._run(
@@ -316,16 +307,20 @@ class AccessConfigTables(StoreTables):
 
     # -- policies --------------------------------------------------------------------------
 
+    def _app_id(self, conn: Any, app_name: str) -> str:
+        row = self._one(
+            conn, "SELECT id FROM apps WHERE name = ?", (app_name,), app_not_found(app_name)
+        )
+        return str(row[0])
+
     def get_policies(self, app_name: str) -> AppPolicySet:
         with self._reading() as conn:
-            app = self._run(conn, "SELECT id FROM apps WHERE name = ?", (app_name,)).fetchone()
-            if app is None:
-                raise app_not_found(app_name)
+            app = self._app_id(conn, app_name)
             rows = self._run(
                 conn,
                 "SELECT name, action, include, require, exclude FROM policies "
                 "WHERE app_id = ? ORDER BY position",
-                (app[0],),
+                (app,),
             ).fetchall()
         configs: list[dict[str, object]] = []
         for name, action, include, require, exclude in rows:
@@ -340,10 +335,8 @@ class AccessConfigTables(StoreTables):
     def set_policies(self, app_name: str, policies: AppPolicySet) -> AppPolicySet:
         checked = parse_policy_list([policy.to_config() for policy in policies.policies])
         with self._transaction() as conn:
-            app = self._run(conn, "SELECT id FROM apps WHERE name = ?", (app_name,)).fetchone()
-            if app is None:
-                raise app_not_found(app_name)
-            self._run(conn, "DELETE FROM policies WHERE app_id = ?", (app[0],))
+            app = self._app_id(conn, app_name)
+            self._run(conn, "DELETE FROM policies WHERE app_id = ?", (app,))
             for position, policy in enumerate(checked.policies):
                 config = policy.to_config()
                 self._run(
@@ -351,7 +344,7 @@ class AccessConfigTables(StoreTables):
                     "INSERT INTO policies (app_id, position, name, action, include, require, "
                     "exclude) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
-                        app[0],
+                        app,
                         position,
                         policy.name,
                         policy.action,
@@ -429,15 +422,16 @@ class AccessConfigTables(StoreTables):
 
     def delete_service_token(self, name: str) -> ServiceToken:
         with self._transaction() as conn:
-            row = self._run(
-                conn, f"SELECT {_TOKEN_COLUMNS} FROM service_tokens WHERE name = ?", (name,)
-            ).fetchone()
-            if row is None:
-                raise NotFound(
+            row = self._one(
+                conn,
+                f"SELECT {_TOKEN_COLUMNS} FROM service_tokens WHERE name = ?",
+                (name,),
+                NotFound(
                     f"no service token named {name!r}",
                     code="service_token_not_found",
                     hint="list them with GET /v1/service-tokens",
-                )
+                ),
+            )
             self._run(conn, "DELETE FROM service_tokens WHERE id = ?", (row[0],))
             self._audit(conn, "service_token.deleted", {"name": name}, subject=name)
             self._notify(conn, "service_token_changed", name)

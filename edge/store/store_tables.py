@@ -64,6 +64,15 @@ class StoreTables(ABC):
     def _notify(conn: Any, kind: str, ident: str = "") -> None:
         """Tell the other edges what changed, with the transaction."""
 
+    def _one(
+        self, conn: Any, statement: str, params: Sequence[object], missing: Exception
+    ) -> Any:
+        """The first row ``statement`` finds; ``missing`` raised when it finds none."""
+        row = self._run(conn, statement, params).fetchone()
+        if row is None:
+            raise missing
+        return row
+
     # -- what each database spells its own way ---------------------------------------------
 
     @abstractmethod

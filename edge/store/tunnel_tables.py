@@ -28,6 +28,11 @@ from tunnel.auth import hash_secret
 __all__ = ["ADMIN_TOKEN_PREFIX", "TunnelConfigTables", "tunnel_not_found"]
 
 ADMIN_TOKEN_PREFIX = "tga_"
+# The tunnel a hostname is routed to: its id and name.
+_ROUTE_OWNER = (
+    "SELECT r.tunnel_id, t.name FROM routes r JOIN tunnels t ON t.id = r.tunnel_id "
+    "WHERE r.hostname = ?"
+)
 
 
 def tunnel_not_found(ref: str) -> NotFound:
@@ -160,12 +165,7 @@ class TunnelConfigTables(StoreTables):
             tunnel = self._live_tunnel_row(conn, tunnel_id)
             if tunnel is None:
                 raise tunnel_not_found(tunnel_id)
-            existing = self._run(
-                conn,
-                "SELECT r.tunnel_id, t.name FROM routes r JOIN tunnels t ON t.id = r.tunnel_id "
-                "WHERE r.hostname = ?",
-                (host,),
-            ).fetchone()
+            existing = self._run(conn, _ROUTE_OWNER, (host,)).fetchone()
             if existing is not None:
                 if existing[0] == tunnel_id:
                     return Route(host, tunnel_id, tunnel[1]), False
@@ -195,18 +195,16 @@ class TunnelConfigTables(StoreTables):
     def delete_route(self, hostname: str) -> Route:
         host = normalize_hostname(hostname)
         with self._transaction() as conn:
-            row = self._run(
+            row = self._one(
                 conn,
-                "SELECT r.tunnel_id, t.name FROM routes r JOIN tunnels t ON t.id = r.tunnel_id "
-                "WHERE r.hostname = ?",
+                _ROUTE_OWNER,
                 (host,),
-            ).fetchone()
-            if row is None:
-                raise NotFound(
+                NotFound(
                     f"no route for {host}",
                     code="route_not_found",
                     hint="list routes with GET /v1/routes",
-                )
+                ),
+            )
             self._run(conn, "DELETE FROM routes WHERE hostname = ?", (host,))
             self._audit(conn, "route.deleted", {"hostname": host, "tunnel_id": row[0]})
             self._notify(conn, "route_deleted", row[0])
