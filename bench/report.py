@@ -26,6 +26,9 @@ HYPERCORN_REFERENCE = "hypercorn-trio"
 HYPERCORN_METRIC = "keepalive_c32_rps"
 # Who is compared to hypercorn-trio on that row, and the project's goal for the ratio, if any.
 HYPERCORN_COMPARED = (("tunnelgate-access", ">= 2"), ("tunnelgate", None))
+# hypercorn-trio and ssh -R keep-alive req/s on the machine where the targets were recorded
+# (bench/README.md, "Targets"): the Python server at ~0.15x the C tunnel.
+REFERENCE_MACHINE_RPS = {HYPERCORN_REFERENCE: 2_300, SSH_REFERENCE: 15_500}
 CHART_METRICS = (
     "keepalive_c32_rps",
     "close_c32_rps",
@@ -202,6 +205,34 @@ def _machine_speed(machine: dict[str, Any]) -> list[str]:
     ]
 
 
+def python_to_c_lines(metrics: list[dict[str, Any]]) -> list[str]:
+    """hypercorn-trio's keep-alive rate over ssh -R's in this run, next to the reference machine's.
+
+    Why: tunnelgate is Python and ssh -R is C, and machines differ far more in one than in the
+    other (hypercorn-trio 1,000-3,000 req/s against ssh -R 10,000-46,000 on the machines seen so
+    far), so every tunnelgate / ssh -R ratio moves with this one. A plain Python loop did not
+    show it: 0.53 s on a machine that ran the edge's requests three times slower per instruction
+    than one where the loop took 0.51 s.
+    """
+    row = next((m for m in metrics if m["key"] == HYPERCORN_METRIC), None)
+    if row is None:
+        return []
+    cells = [row["results"].get(name) for name in (HYPERCORN_REFERENCE, SSH_REFERENCE)]
+    if any(cell is None or cell["status"] != "ok" or not cell["median"] for cell in cells):
+        return []
+    python, c = (cell["median"] for cell in cells if cell is not None)
+    reference_python = REFERENCE_MACHINE_RPS[HYPERCORN_REFERENCE]
+    reference_c = REFERENCE_MACHINE_RPS[SSH_REFERENCE]
+    return [
+        f"Python against C on this machine: hypercorn-trio served {format_number(python)} "
+        f"keep-alive req/s and `ssh -R` relayed {format_number(c)}, a ratio of "
+        f"{python / c:.3f}; on the machine where the targets were recorded, "
+        f"{reference_python:,} / {reference_c:,} = {reference_python / reference_c:.3f}. "
+        "Every tunnelgate / `ssh -R` ratio below moves with this one.",
+        "",
+    ]
+
+
 def markdown_table(results: dict[str, Any], chart_name: str | None) -> str:
     labels = {t["name"]: t["label"] for t in results["targets"]}
     targets = {t["name"]: t for t in results["targets"]}
@@ -213,6 +244,7 @@ def markdown_table(results: dict[str, Any], chart_name: str | None) -> str:
         f"Raw numbers: `bench/results/{results['file_stem']}.json`.",
         "",
         *_machine_speed(results["machine"]),
+        *python_to_c_lines(results["metrics"]),
         "Targets:",
         "",
         *(
