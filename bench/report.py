@@ -15,6 +15,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import goals
 from scenarios import METRICS, SCENARIOS, Metric, Recorder
 from targets import Target
 
@@ -114,6 +115,7 @@ def build_results(
         ],
         "metrics": metrics,
         "ratios_to_hypercorn_trio": ratios_to_hypercorn(metrics),
+        "goals": goals.verdicts(metrics),
         "details": recorder.details,
     }
 
@@ -245,7 +247,11 @@ def markdown_table(results: dict[str, Any], chart_name: str | None) -> str:
         "",
         *_machine_speed(results["machine"]),
         *python_to_c_lines(results["metrics"]),
-        "Targets:",
+        # Computed again rather than read back, so older results files render the same way.
+        *goals.markdown_lines(
+            goals.verdicts(results["metrics"]), {m["key"]: m["unit"] for m in results["metrics"]}
+        ),
+        "Set-ups measured:",
         "",
         *(
             f"- **{t['label']}**: {t['status']}"
