@@ -73,6 +73,7 @@ from edge.http_messages import (
 from edge.pages import render_error, wants_json
 from edge.request_head import HeaderListRejected, find_head_end, header_facts, parse_head
 from tunnel.deadlines import deadline_keeper
+from tunnel.fd_io import close_unwaited
 
 __all__ = [
     "BadRequest",
@@ -270,8 +271,8 @@ class _ClientConnection:
         finally:
             if isinstance(stream, trio.SocketStream):
                 # Plain TCP has nothing to say on the way out, and the connection's task ends
-                # here: closing needs no scheduling round of its own.
-                stream.socket.close()
+                # here, its reads done: closing needs no scheduling round and no waking.
+                close_unwaited(stream.socket)
             else:
                 await stream.aclose()
 

@@ -3,6 +3,7 @@ connections and the tunnel transport: real sockets, no sleeps."""
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 
@@ -101,3 +102,40 @@ def test_a_write_takes_what_the_buffer_holds_and_a_full_buffer_writes_nothing() 
         right.close()
         with pytest.raises(BrokenPipeError):  # the peer is gone
             write_without_waiting(left.fileno(), b"y")
+
+
+async def test_a_socket_closed_unwaited_frees_its_descriptor_for_the_next_one() -> None:
+    left, right = nonblocking_pair()
+    closing = trio.socket.from_stdlib_socket(left)
+    with right:
+        # A read that waited leaves the descriptor in trio's epoll set (one-shot, disarmed).
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive_from_fd, closing.fileno(), 10)
+            await trio.testing.wait_all_tasks_blocked()
+            right.sendall(b"x")
+        number = closing.fileno()
+        fd_io.close_unwaited(closing)
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            os.fstat(number)
+        assert closing.fileno() == -1
+        # The kernel reuses the number; the new socket's reads must wait and wake normally, and
+        # closing the old trio socket again must not touch the new one.
+        reused, peer = nonblocking_pair()
+        with reused, peer:
+            assert number in (reused.fileno(), peer.fileno())
+            reader = reused if reused.fileno() == number else peer
+            writer = peer if reader is reused else reused
+            writer.setblocking(True)
+            closing.close()
+            os.fstat(number)  # still open
+            got: list[bytes] = []
+            async with trio.open_nursery() as nursery:
+
+                async def read() -> None:
+                    reader.setblocking(False)
+                    got.append(await receive_from_fd(reader.fileno(), 10))
+
+                nursery.start_soon(read)
+                await trio.testing.wait_all_tasks_blocked()
+                writer.sendall(b"again")
+            assert got == [b"again"]
