@@ -186,7 +186,9 @@ def python_loop_seconds(steps: int = PYTHON_LOOP_STEPS) -> float:
 
     Why: the same build's rows moved by up to 2x between machines and by up to 30% within
     minutes on one, and `ssh -R` (C) and tunnelgate (Python) do not move together. Taken before
-    the first load and after the last, it says how fast, and how steady, the run's machine was.
+    the first load and after the last, it says how steady the run's machine was. It does not
+    say how fast the machine runs a server's Python next to C (a loop this small stays in
+    the caches): the line on hypercorn-trio over `ssh -R` above the table does that.
     """
     best = float("inf")
     for _ in range(3):
