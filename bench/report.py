@@ -213,8 +213,8 @@ def python_to_c_lines(metrics: list[dict[str, Any]]) -> list[str]:
     Why: tunnelgate is Python and ssh -R is C, and machines differ far more in one than in the
     other (hypercorn-trio 1,000-3,000 req/s against ssh -R 10,000-46,000 on the machines seen so
     far), so every tunnelgate / ssh -R ratio moves with this one. A plain Python loop did not
-    show it: 0.53 s on a machine that ran the edge's requests three times slower per instruction
-    than one where the loop took 0.51 s.
+    show it: 0.37-0.64 s on a machine that ran the edge's requests about three times slower per
+    instruction than one where it took 0.39-0.51 s.
     """
     row = next((m for m in metrics if m["key"] == HYPERCORN_METRIC), None)
     if row is None:
