@@ -3,6 +3,7 @@
 Why: the targets (bench/README.md, "Targets") are ratios within one run, and whether a run met
 them was worked out by hand from the table. Each verdict here names the two medians it divides,
 so a reader can check it, and a row that was not measured gives no verdict rather than a guess.
+bench/report.py writes them out, in the table's own number format.
 """
 
 from __future__ import annotations
@@ -115,30 +116,3 @@ def verdicts(
             entry["met"] = figure >= goal.bound if goal.at_least else figure <= goal.bound
         entries.append(entry)
     return entries
-
-
-def markdown_lines(entries: list[dict[str, Any]], unit_of: dict[str, str]) -> list[str]:
-    """The verdicts as a Markdown list, each with the medians it came from."""
-    if not entries:
-        return []
-    lines = ['Targets met in this run (medians; bench/README.md, "Targets"):', ""]
-    for entry in entries:
-        if entry["met"] is None:
-            lines.append(f"- {entry['goal']}: no verdict, {entry['reason']}")
-            continue
-        unit = unit_of.get(entry["metric"], "")
-        if entry["reference_value"] is None:
-            shown = f"{_number(entry['value'])}{'' if unit == 'x' else ' '}{unit}".rstrip()
-        else:
-            shown = (
-                f"{entry['figure']:.2f}x ({_number(entry['value'])} / "
-                f"{_number(entry['reference_value'])} {unit})".replace(" )", ")")
-            )
-        lines.append(f"- {entry['goal']}: {shown}: **{'met' if entry['met'] else 'missed'}**")
-    return [*lines, ""]
-
-
-def _number(value: float) -> str:
-    if abs(value) >= 100 or float(value).is_integer():
-        return f"{value:,.0f}"
-    return f"{value:.3g}"

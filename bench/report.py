@@ -235,6 +235,26 @@ def python_to_c_lines(metrics: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def goal_lines(entries: list[dict[str, Any]], unit_of: dict[str, str]) -> list[str]:
+    """The verdicts of ``goals.verdicts`` as a Markdown list, each with the medians it divided."""
+    if not entries:
+        return []
+    lines = ['Targets met in this run (medians; bench/README.md, "Targets"):', ""]
+    for entry in entries:
+        if entry["met"] is None:
+            lines.append(f"- {entry['goal']}: no verdict, {entry['reason']}")
+            continue
+        unit = unit_of.get(entry["metric"], "")
+        value = format_number(entry["value"])
+        if entry["reference_value"] is None:
+            shown = f"{value}{'' if unit == 'x' else ' '}{unit}".rstrip()
+        else:
+            reference = format_number(entry["reference_value"])
+            shown = f"{entry['figure']:.2f}x ({value} / {reference} {unit}".rstrip() + ")"
+        lines.append(f"- {entry['goal']}: {shown}: **{'met' if entry['met'] else 'missed'}**")
+    return [*lines, ""]
+
+
 def markdown_table(results: dict[str, Any], chart_name: str | None) -> str:
     labels = {t["name"]: t["label"] for t in results["targets"]}
     targets = {t["name"]: t for t in results["targets"]}
@@ -248,7 +268,7 @@ def markdown_table(results: dict[str, Any], chart_name: str | None) -> str:
         *_machine_speed(results["machine"]),
         *python_to_c_lines(results["metrics"]),
         # Computed again rather than read back, so older results files render the same way.
-        *goals.markdown_lines(
+        *goal_lines(
             goals.verdicts(results["metrics"]), {m["key"]: m["unit"] for m in results["metrics"]}
         ),
         "Set-ups measured:",

@@ -69,8 +69,8 @@ def close_unwaited(sock: trio.socket.SocketType) -> None:
 
     ``notify_closing`` is there to wake the tasks blocked on a descriptor; with none left, all
     it does is an ``epoll_ctl(DEL)``, and the kernel drops a closed descriptor from the epoll
-    set by itself (a connection's descriptor is never duplicated here). That was about 3% of the
-    edge's work per ``Connection: close`` request. A task still waiting on the descriptor would
+    set by itself (a connection's descriptor is never duplicated here). That was about 4% of the
+    edge's instructions per ``Connection: close`` request. A task still waiting on the descriptor would
     never wake, so only the task that did the socket's last read closes it this way. The trio
     socket is left detached: closing it again does nothing.
     """

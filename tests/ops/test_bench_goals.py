@@ -1,31 +1,50 @@
-"""bench/goals.py: the verdict on each target, from one run's medians only."""
+"""bench/goals.py: the verdict on each target, from one run's medians only; bench/report.py
+writes them out."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-GOALS_FILE = Path(__file__).resolve().parents[2] / "bench" / "goals.py"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+# bench/ is a directory of scripts that import each other by plain module names.
+BENCH_MODULES = (
+    "goals",
+    "report",
+    "scenarios",
+    "targets",
+    "load",
+    "origin",
+    "processes",
+    "access_login",
+)
 
 
 @pytest.fixture(scope="module")
-def goals() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_goals", GOALS_FILE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses looks the defining module up while the class is being made.
-    sys.modules[spec.name] = module
+def bench() -> Iterator[dict[str, ModuleType]]:
+    sys.path.insert(0, str(BENCH))
     try:
-        spec.loader.exec_module(module)
+        yield {name: importlib.import_module(name) for name in ("goals", "report")}
     finally:
-        del sys.modules[spec.name]
-    return module
+        sys.path.remove(str(BENCH))
+        for name in BENCH_MODULES:
+            sys.modules.pop(name, None)
+
+
+@pytest.fixture(scope="module")
+def goals(bench: dict[str, ModuleType]) -> ModuleType:
+    return bench["goals"]
+
+
+@pytest.fixture(scope="module")
+def report(bench: dict[str, ModuleType]) -> ModuleType:
+    return bench["report"]
 
 
 def ok(median: float) -> dict[str, Any]:
@@ -85,7 +104,9 @@ def test_memory_bounds_are_converted_from_mb_and_kb(goals: ModuleType) -> None:
     assert [e["met"] for e in by_metric(entries, "ws_held")] == [False]
 
 
-def test_an_unmeasured_row_gives_no_verdict_and_says_why(goals: ModuleType) -> None:
+def test_an_unmeasured_row_gives_no_verdict_and_says_why(
+    goals: ModuleType, report: ModuleType
+) -> None:
     failed = {"status": "failed", "reason": "wrk exited 1"}
     metrics = [
         metric("download_mbps", "MB/s", tunnelgate_access=ok(500), ssh_R=failed),
@@ -100,21 +121,23 @@ def test_an_unmeasured_row_gives_no_verdict_and_says_why(goals: ModuleType) -> N
     assert (download["met"], download["reason"]) == (None, "ssh-R not measured on this row")
     assert (upload["met"], upload["reason"]) == (None, "tunnelgate-access not measured on this row")
     assert close["met"] is None
-    lines = goals.markdown_lines(entries, {"download_mbps": "MB/s"})
+    lines = report.goal_lines(entries, {"download_mbps": "MB/s"})
     assert any(
         "64 MiB download" in line and "no verdict, ssh-R not measured" in line for line in lines
     )
     assert not any("**met**" in line or "**missed**" in line for line in lines)
 
 
-def test_the_markdown_names_both_medians_and_the_verdict(goals: ModuleType) -> None:
+def test_the_markdown_names_both_medians_and_the_verdict(
+    goals: ModuleType, report: ModuleType
+) -> None:
     metrics = [
         metric("close_c32_rps", "req/s", tunnelgate_access=ok(2_080), ssh_R=ok(2_269)),
         metric("hol_p99_growth", "x", tunnelgate_access=ok(1.61)),
     ]
     units = {"close_c32_rps": "req/s", "hol_p99_growth": "x"}
 
-    lines = goals.markdown_lines(goals.verdicts(metrics), units)
+    lines = report.goal_lines(goals.verdicts(metrics), units)
 
     assert (
         "- `Connection: close` `-c32`, with Access, >= 1.0x `ssh -R`: "
