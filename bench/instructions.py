@@ -8,13 +8,16 @@ round in bench/README.md was measured.
     .venv/bin/python bench/instructions.py                       # tunnelgate + Access
     .venv/bin/python bench/instructions.py --target tunnelgate   # no Access app
     .venv/bin/python bench/instructions.py --close               # Connection: close
+    .venv/bin/python bench/instructions.py --download            # per 64 MiB download (curl)
 
 It sets the target up exactly as bench/run.py does (the products' own command lines, nginx as
 the origin), restarts its edge and connector under ``valgrind --tool=callgrind
 --instr-atstart=no`` with the same arguments, waits for the route to answer, warms up for a few
 seconds, switches instrumentation on with ``callgrind_control -i on`` for a ``wrk -t1`` load,
-off again, and divides each process's instruction total by the requests wrk completed. It
-prints one JSON line. User-space instructions only: the kernel's share (system calls, loopback
+off again, and divides each process's instruction total by the requests wrk completed. With
+``--download`` the load is instead a few 64 MiB downloads by curl, one after the other, and the
+totals are divided by the downloads (the bulk path: body pieces, frames, masking). It prints one
+JSON line. User-space instructions only: the kernel's share (system calls, loopback
 TCP) is not in it.
 
 Under valgrind the processes run about fifty times slower, so every scheduling round serves
@@ -33,11 +36,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
-from load import probe_status
-from origin import start_origins
-from processes import BenchError, ProcessGroup, wait_until
+from load import Endpoint, curl_download, probe_status
+from origin import DOWNLOAD_BYTES, start_origins
+from processes import BenchError, ManagedProcess, ProcessGroup, wait_until
 from targets import RunContext, Tunnelgate, TunnelgateAccess
 
 WARM_UP_S = 3
@@ -49,6 +53,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--target", choices=["tunnelgate", "tunnelgate-access"],
                         default="tunnelgate-access")
     parser.add_argument("--close", action="store_true", help="send Connection: close")
+    parser.add_argument("--download", type=int, metavar="N", default=0,
+                        help="count N 64 MiB downloads instead of a wrk load")
     parser.add_argument("--seconds", type=int, default=15, help="length of the counted load")
     parser.add_argument("--connections", type=int, default=32, help="wrk -c")
     return parser.parse_args(argv)
@@ -63,6 +69,48 @@ def instruction_total(files: list[Path]) -> int:
                 total += int(line.split()[1])
                 break
     return total
+
+
+def _instrument(processes: Iterable[ManagedProcess], switch: str) -> None:
+    """Instrumentation on or off in each process; off also dumps what was counted."""
+    for process in processes:
+        subprocess.run(["callgrind_control", "-i", switch, str(process.pid)],
+                       capture_output=True, check=True)
+        if switch == "off":
+            subprocess.run(["callgrind_control", "-d", str(process.pid)],
+                           capture_output=True, check=True)
+
+
+def count_small_requests(endpoint: Endpoint, arguments: argparse.Namespace,
+                         processes: Iterable[ManagedProcess]) -> int:
+    """A wrk load counted after a warm-up; the requests it completed."""
+    headers = [f"Host: {endpoint.host_header}", *endpoint.headers]
+    if arguments.close:
+        headers.append("Connection: close")
+    wrk = ["wrk", "-t1", f"-c{arguments.connections}"]
+    for header in headers:
+        wrk += ["-H", header]
+    url = endpoint.url("/small")
+    subprocess.run([*wrk, f"-d{WARM_UP_S}s", url], capture_output=True, check=True)
+    _instrument(processes, "on")
+    load = subprocess.run([*wrk, f"-d{arguments.seconds}s", url],
+                          capture_output=True, text=True, check=True)
+    _instrument(processes, "off")
+    found = re.search(r"(\d+) requests in", load.stdout)
+    if found is None or "Non-2xx" in load.stdout:
+        raise BenchError(f"the load did not complete cleanly: {load.stdout[-300:]}")
+    return int(found.group(1))
+
+
+def count_downloads(endpoint: Endpoint, downloads: int,
+                    processes: Iterable[ManagedProcess]) -> int:
+    """``downloads`` whole 64 MiB downloads counted after one uncounted one."""
+    curl_download(endpoint, "/64m", DOWNLOAD_BYTES)
+    _instrument(processes, "on")
+    for _ in range(downloads):
+        curl_download(endpoint, "/64m", DOWNLOAD_BYTES)  # raises unless every byte came
+    _instrument(processes, "off")
+    return downloads
 
 
 def measure(arguments: argparse.Namespace, workdir: Path) -> dict[str, object]:
@@ -85,39 +133,24 @@ def measure(arguments: argparse.Namespace, workdir: Path) -> dict[str, object]:
             ]))
         wait_until(lambda: probe_status(endpoint, "/small") == 200, timeout_s=READY_TIMEOUT_S,
                    what="the route under valgrind", watch=[p for _, p in restarted.values()])
-        headers = [f"Host: {endpoint.host_header}", *endpoint.headers]
-        if arguments.close:
-            headers.append("Connection: close")
-        wrk = ["wrk", "-t1", f"-c{arguments.connections}"]
-        for header in headers:
-            wrk += ["-H", header]
-        url = endpoint.url("/small")
-        subprocess.run([*wrk, f"-d{WARM_UP_S}s", url], capture_output=True, check=True)
-        for _, process in restarted.values():
-            subprocess.run(["callgrind_control", "-i", "on", str(process.pid)],
-                           capture_output=True, check=True)
-        load = subprocess.run([*wrk, f"-d{arguments.seconds}s", url],
-                              capture_output=True, text=True, check=True)
-        for _, process in restarted.values():
-            subprocess.run(["callgrind_control", "-i", "off", str(process.pid)],
-                           capture_output=True, check=True)
-            subprocess.run(["callgrind_control", "-d", str(process.pid)],
-                           capture_output=True, check=True)
-        found = re.search(r"(\d+) requests in", load.stdout)
-        if found is None or "Non-2xx" in load.stdout:
-            raise BenchError(f"the load did not complete cleanly: {load.stdout[-300:]}")
-        requests = int(found.group(1))
+        processes = [process for _, process in restarted.values()]
+        if arguments.download:
+            requests = count_downloads(endpoint, arguments.download, processes)
+            unit = "download"
+        else:
+            requests = count_small_requests(endpoint, arguments, processes)
+            unit = "request"
         for _, process in restarted.values():
             group.stop(process)
         result: dict[str, object] = {
             "target": arguments.target,
             "connection_close": arguments.close,
             "connections": arguments.connections,
-            "requests": requests,
+            f"{unit}s": requests,
         }
         for role, (out, _) in restarted.items():
             files = sorted(out.parent.glob(out.name + "*"))
-            result[f"{role}_instructions_per_request"] = round(instruction_total(files) / requests)
+            result[f"{role}_instructions_per_{unit}"] = round(instruction_total(files) / requests)
         return result
 
 

@@ -405,7 +405,11 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                         waited = True
                         continue
                     size = min(credit, total - offset, max(room, MIN_WRITE))
-                    conn.send_data(stream_id, view[offset : offset + size])
+                    if size == total and type(data) is bytes:
+                        # Immutable and whole: the protocol keeps it as it is, with no copy.
+                        conn.send_data(stream_id, data)
+                    else:
+                        conn.send_data(stream_id, view[offset : offset + size])
                     offset += size
                     session.kick_writer()
                     if self._moved < BULK_BYTES:

@@ -296,6 +296,10 @@ class WebSocketTransport:
                 size = min(self._remaining, len(buffer))
                 if not size:
                     return None
+                if size == len(buffer):
+                    # All of the buffer is payload: hand the buffer itself on, no copy.
+                    self._buffer = bytearray()
+                    return self._payload(buffer)
                 chunk = buffer[:size]
                 del buffer[:size]
                 return self._payload(chunk)

@@ -207,3 +207,50 @@ def test_a_frame_fed_from_a_reused_buffer_keeps_its_bytes(payload: bytes, piece:
         reused[:] = b"\xff" * len(reused)  # the caller's next read overwrites it
     assert received == [sent]
     assert reader.buffered == 0
+
+
+@PROPERTY_SETTINGS
+@given(
+    st.lists(frames, min_size=1, max_size=6),
+    st.lists(st.integers(min_value=0), max_size=10),
+    st.lists(st.booleans(), min_size=1, max_size=12),
+)
+def test_pieces_of_bytes_and_of_a_resized_bytearray_mix(
+    sent: list[Frame], cuts: list[int], as_bytearray: list[bool]
+) -> None:
+    """Immutable pieces are kept as views, the others copied: a caller that empties and
+    resizes its bytearray after each call can (no view of it is left), and every frame still
+    arrives whole, whichever kinds the pieces alternate between."""
+    wire = b"".join(frame.encode() for frame in sent)
+    reader = FrameReader(max_frame_size=4096, max_header_block=4096)
+    received: list[Frame] = []
+    reused = bytearray()
+    for index, piece in enumerate(split_points(wire, cuts)):
+        if as_bytearray[index % len(as_bytearray)]:
+            reused[:] = piece
+            received.extend(reader.feed(reused))
+            reused.clear()  # raises BufferError while a view of it is held
+            reused += b"\xff" * 7
+        else:
+            received.extend(reader.feed(piece))
+    assert received == sent
+    assert reader.buffered == 0
+
+
+def test_a_frame_spread_over_immutable_pieces_is_joined_from_views_of_them() -> None:
+    """The bulk path: the pieces of a frame that spans several reads are not copied one by
+    one; the only copy of the payload is the join when the frame completes."""
+    payload = bytes(range(256)) * 64
+    wire = Frame(FrameType.DATA, 0, 1, payload).encode()
+    first, second, third = wire[:5000], wire[5000:9000], wire[9000:] + b"\x00"
+    reader = FrameReader(max_frame_size=1 << 16, max_header_block=4096)
+    assert reader.feed(first) == []
+    assert reader.feed(second) == []
+    kept = reader._parts
+    assert len(kept) == 2
+    assert all(
+        (part.obj is piece) if isinstance(part, memoryview) else (part is piece)
+        for part, piece in zip(kept, (first, second), strict=True)
+    )
+    assert reader.feed(third) == [Frame(FrameType.DATA, 0, 1, payload)]
+    assert reader.buffered == 1  # the start of the next frame's header

@@ -80,7 +80,8 @@ class FrameReader:
     ``max_frame_size`` bytes), whatever the peer announces. A frame whose payload arrives in
     pieces (a bulk transfer's 256 KiB frames span several reads) keeps the pieces as they
     came and joins them once, when the last one arrives, instead of copying each piece into a
-    buffer and the payload out of it again.
+    buffer and the payload out of it again. Pieces of an immutable ``bytes`` input are kept as
+    views of it, so until the frame completes the reads they came from stay alive as well.
     """
 
     __slots__ = ("_buffer", "_max_frame_size", "_max_header_block", "_need", "_parts",
@@ -102,29 +103,39 @@ class FrameReader:
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         frames: list[Frame] = []
+        # Pieces of an immutable ``bytes`` are kept by reference (a slice of it is a view, not a
+        # copy); anything else is copied before it is kept, as a caller may reuse its buffer.
+        immutable = type(data) is bytes
         if self._pending is not None:
             size = len(data)
             if size < self._need:
-                # Kept by reference only when immutable: a caller may reuse its buffer.
-                self._parts.append(data if type(data) is bytes else bytes(data))
+                self._parts.append(data if immutable else bytes(data))
                 self._need -= size
                 return frames
-            with memoryview(data) as view:
-                self._parts.append(view[: self._need])
-                frame_type, flags, stream_id = self._pending
-                frames.append(Frame(frame_type, flags, stream_id, b"".join(self._parts)))
-                rest = bytes(view[self._need :])
+            view = memoryview(data)
+            self._parts.append(view[: self._need])
+            frame_type, flags, stream_id = self._pending
+            frames.append(Frame(frame_type, flags, stream_id, b"".join(self._parts)))
+            rest: bytes | memoryview = view[self._need :]
             self._pending, self._parts, self._need = None, [], 0
+            if not immutable:
+                rest = bytes(rest)
+                view.release()
             if not rest:
                 return frames
             data = rest
         buffer = self._buffer
+        source: bytes | bytearray | memoryview
         if buffer:
             buffer += data
-            source: bytes | bytearray = buffer
-        else:
+            source = buffer
+            immutable = False
+        elif isinstance(data, (bytes, bytearray)) or immutable:
             # Common case: the message holds whole frames; parse it without copying it first.
-            source = data if isinstance(data, (bytes, bytearray)) else bytes(data)
+            source = data
+        else:
+            source = bytes(data)
+            immutable = True
         position = 0
         end = len(source)
         unpack_header = HEADER.unpack_from
@@ -150,7 +161,12 @@ class FrameReader:
                 if end - start < length:
                     # The payload continues in later pieces: keep what came of it.
                     self._pending = (_FRAME_TYPES[frame_type], flags, stream_id)
-                    self._parts = [bytes(view[start:end])] if end > start else []
+                    if end == start:
+                        self._parts = []
+                    elif immutable:
+                        self._parts = [view[start:end]]
+                    else:
+                        self._parts = [bytes(view[start:end])]
                     self._need = length - (end - start)
                     position = end
                     break
