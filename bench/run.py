@@ -50,6 +50,8 @@ from targets import (
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
+# What a run writes into the tree itself, left out of its "uncommitted changes" check.
+HARNESS_OUTPUTS = (":(exclude)bench/results", ":(exclude)bench/README.md")
 INSTALL_HINT = (
     "install them with: apt-get install wrk nghttp2-client nginx openssh-server "
     "openssh-client curl   (or run bench/setup.sh as root)"
@@ -113,10 +115,14 @@ def _package_version(name: str) -> str:
         return "not installed"
 
 
-def git_commit() -> tuple[str, bool]:
+def git_commit(repo: Path = REPO_DIR) -> tuple[str, bool]:
+    """The short commit, and whether the tree differs from it. The harness's own outputs (the
+    results files and the README table) do not count: a run after an uncommitted earlier run
+    measures the committed code all the same."""
+
     def git(*arguments: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["git", "-C", str(REPO_DIR), *arguments],
+            ["git", "-C", str(repo), *arguments],
             capture_output=True,
             text=True,
             timeout=10,
@@ -125,11 +131,21 @@ def git_commit() -> tuple[str, bool]:
 
     try:
         head = git("rev-parse", "--short", "HEAD")
-        status = git("status", "--porcelain")
+        status = git("status", "--porcelain", "--", ".", *HARNESS_OUTPUTS)
     except (OSError, subprocess.TimeoutExpired):
         return "nocommit", True
     commit = head.stdout.strip() if head.returncode == 0 else "nocommit"
     return commit, bool(status.stdout.strip())
+
+
+def unused_stem(base: str, directory: Path) -> str:
+    """``base``, or ``base-2``, ``base-3``...: a second run of the same commit on the same day
+    must not overwrite the first one's results."""
+    stem, number = base, 1
+    while (directory / f"{stem}.json").exists():
+        number += 1
+        stem = f"{base}-{number}"
+    return stem
 
 
 def raise_file_limit() -> None:
@@ -270,7 +286,10 @@ def run_bench(arguments: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         loop_after = python_loop_seconds()
     commit, dirty = git_commit()
     date = datetime.date.today().isoformat()
-    stem = f"{date}-{commit}" + ("-quick" if quick else "") + ("-partial" if arguments.only else "")
+    stem = unused_stem(
+        f"{date}-{commit}" + ("-quick" if quick else "") + ("-partial" if arguments.only else ""),
+        RESULTS_DIR,
+    )
     header: dict[str, Any] = {
         "schema": 1,
         "date": date,

@@ -3,38 +3,19 @@ writes them out."""
 
 from __future__ import annotations
 
-import importlib
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-# bench/ is a directory of scripts that import each other by plain module names.
-BENCH_MODULES = (
-    "goals",
-    "report",
-    "scenarios",
-    "targets",
-    "load",
-    "origin",
-    "processes",
-    "access_login",
-)
+from .bench_scripts import imported_bench_scripts
 
 
 @pytest.fixture(scope="module")
 def bench() -> Iterator[dict[str, ModuleType]]:
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield {name: importlib.import_module(name) for name in ("goals", "report")}
-    finally:
-        sys.path.remove(str(BENCH))
-        for name in BENCH_MODULES:
-            sys.modules.pop(name, None)
+    with imported_bench_scripts("goals", "report") as modules:
+        yield modules
 
 
 @pytest.fixture(scope="module")
