@@ -52,6 +52,9 @@ DEFAULT_RECEIVE_SIZE = 256 * 1024
 MIN_WRITE = 16 * 1024
 # Bytes a stream moves (taken plus sent) before it counts as a bulk transfer: one initial window.
 BULK_BYTES = 256 * 1024
+# Received pieces at least this large are handed on alone: joining small ones saves writes,
+# joining a bulk transfer's frames only copies them.
+UNJOINED_PIECE = 16 * 1024
 # Rounds a bulk stream sits out after each piece while other streams are open in the process:
 # a 256 KiB piece costs about what three or four small requests cost at the edge.
 BULK_YIELD_ROUNDS = 3
@@ -300,11 +303,15 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             chunk = inbound[0]
             start = self._inbound_offset
             available = len(chunk) - start
+            if available >= UNJOINED_PIECE and parts:
+                break  # a large piece goes on by itself next time, not copied into a join
             if available <= need:
                 parts.append(chunk[start:] if start else chunk)
                 inbound.popleft()
                 self._inbound_offset = 0
                 need -= available
+                if available >= UNJOINED_PIECE:
+                    break
             else:
                 parts.append(chunk[start : start + need])
                 self._inbound_offset = start + need

@@ -1,15 +1,17 @@
-"""What ``TunnelStream.send_all`` copies: a bulk transfer's pieces arrive as ``bytes`` (a read
+"""What a stream copies. ``send_all``: a bulk transfer's pieces arrive as ``bytes`` (a read
 from a socket) and are queued as they are, while a caller's buffer that may change after the
-call is copied before it returns, so the peer always gets what was passed."""
+call is copied before it returns, so the peer always gets what was passed. ``receive_some``:
+small received pieces are joined into one read, large ones are handed on as they came."""
 
 from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 from tunnel_pairs import PairFactory
 
 from tunnel.protocol import TunnelConnection
-from tunnel.streams import TunnelStream
+from tunnel.streams import UNJOINED_PIECE, TunnelStream
 
 
 @pytest.fixture
@@ -72,3 +74,28 @@ async def test_bytes_beyond_the_credit_go_in_pieces_and_arrive_whole(
         assert await _receive_exactly(edge_stream, len(payload)) == payload
     assert len(queued) >= 2
     assert all(item is not payload for item in queued)
+
+
+async def test_large_received_pieces_are_handed_on_one_by_one(session_pair: PairFactory) -> None:
+    """Joining a bulk transfer's frames for one read would only copy them."""
+    pair = await session_pair()
+    edge_stream, connector_stream = await pair.open_pair()
+    first, second = b"a" * UNJOINED_PIECE, b"b" * (UNJOINED_PIECE + 1)
+    await connector_stream.send_all(first)
+    await connector_stream.send_all(second)
+    await trio.testing.wait_all_tasks_blocked()
+    assert await edge_stream.receive_some() == first
+    assert await edge_stream.receive_some() == second
+
+
+async def test_small_received_pieces_are_joined_up_to_the_first_large_one(
+    session_pair: PairFactory,
+) -> None:
+    pair = await session_pair()
+    edge_stream, connector_stream = await pair.open_pair()
+    for piece in (b"1" * 100, b"2" * 200, b"3" * UNJOINED_PIECE, b"4" * 50):
+        await connector_stream.send_all(piece)
+    await trio.testing.wait_all_tasks_blocked()
+    assert await edge_stream.receive_some() == b"1" * 100 + b"2" * 200
+    assert await edge_stream.receive_some() == b"3" * UNJOINED_PIECE
+    assert await edge_stream.receive_some() == b"4" * 50
