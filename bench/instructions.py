@@ -8,7 +8,7 @@ round in bench/README.md was measured.
     .venv/bin/python bench/instructions.py                       # tunnelgate + Access
     .venv/bin/python bench/instructions.py --target tunnelgate   # no Access app
     .venv/bin/python bench/instructions.py --close               # Connection: close
-    .venv/bin/python bench/instructions.py --download            # per 64 MiB download (curl)
+    .venv/bin/python bench/instructions.py --download 2          # per 64 MiB download (curl)
 
 It sets the target up exactly as bench/run.py does (the products' own command lines, nginx as
 the origin), restarts its edge and connector under ``valgrind --tool=callgrind
@@ -57,7 +57,10 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="count N 64 MiB downloads instead of a wrk load")
     parser.add_argument("--seconds", type=int, default=15, help="length of the counted load")
     parser.add_argument("--connections", type=int, default=32, help="wrk -c")
-    return parser.parse_args(argv)
+    arguments = parser.parse_args(argv)
+    if arguments.download and arguments.close:
+        parser.error("--close shapes the wrk load; --download replaces it")
+    return arguments
 
 
 def instruction_total(files: list[Path]) -> int:
@@ -142,12 +145,11 @@ def measure(arguments: argparse.Namespace, workdir: Path) -> dict[str, object]:
             unit = "request"
         for _, process in restarted.values():
             group.stop(process)
-        result: dict[str, object] = {
-            "target": arguments.target,
-            "connection_close": arguments.close,
-            "connections": arguments.connections,
-            f"{unit}s": requests,
-        }
+        result: dict[str, object] = {"target": arguments.target}
+        if not arguments.download:  # the wrk load's shape; a download has none of it
+            result["connection_close"] = arguments.close
+            result["connections"] = arguments.connections
+        result[f"{unit}s"] = requests
         for role, (out, _) in restarted.items():
             files = sorted(out.parent.glob(out.name + "*"))
             result[f"{role}_instructions_per_{unit}"] = round(instruction_total(files) / requests)
